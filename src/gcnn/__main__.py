@@ -1,0 +1,5 @@
+import sys
+
+from gcnn.cli import main
+
+sys.exit(main())

@@ -23,6 +23,7 @@ COMMANDS = {
     "generate": "generate",
     "export": "export",
     "import-fairseq": "import_fairseq",
+    "demo": "demo",
 }
 
 

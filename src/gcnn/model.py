@@ -1,0 +1,254 @@
+"""The Gated Convolutional Network language model (Dauphin et al., 2017), batch-major throughout.
+
+Shapes: B = batch, T = time, C = channels. Every convolution is causal: its input is padded on the left with k-1
+zero frames, so position t sees only inputs at positions <= t. A convolution is computed as one matrix product over
+the flattened window of its last k inputs, which is also exactly what one step of incremental decoding computes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gcnn.config import SQRT_HALF, TWO_BRANCH_GATES, Block, ModelConfig
+from gcnn.lm import LanguageModel
+from gcnn.softmax import build_softmax
+
+
+class ConvCache:
+    """Incremental-decoding state: for every convolution with k > 1, its last k-1 input frames (B, k-1, C).
+
+    Convolutions take their buffers in the order the forward pass visits them; ``length`` counts the tokens seen.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.buffers: list[Tensor] = []
+        self.length = 0
+        self._next = 0
+
+    def start(self, num_tokens: int) -> None:
+        self._next = 0
+        self.length += num_tokens
+
+    def left_context(self, x: Tensor, frames: int) -> Tensor:
+        if self._next < len(self.buffers):
+            return self.buffers[self._next]
+        return x.new_zeros(x.shape[0], frames, x.shape[2])
+
+    def update(self, padded: Tensor, frames: int) -> None:
+        tail = padded[:, -frames:].detach()
+        if self._next < len(self.buffers):
+            self.buffers[self._next] = tail
+        else:
+            self.buffers.append(tail)
+        self._next += 1
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the batch rows in ``index`` (for beam search or dropping finished sequences)."""
+        self.buffers = [b.index_select(0, index) for b in self.buffers]
+        self.batch_size = int(index.numel())
+
+
+class CausalConv(nn.Module):
+    """Causal 1-D convolution over (B, T, C_in) -> (B, T, C_out), optionally weight-normalized.
+
+    ``groups=2`` keeps two independent halves of the channels (the two stacks of a block-gated residual block).
+    With ``weight_norm`` the weight is ``weight_g * weight_v / ||weight_v||`` (norm over everything but the output
+    channel); without it the parameter is ``weight``. Weight layout: (C_out, C_in / groups, k), as nn.Conv1d.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, groups: int = 1, weight_norm: bool = True) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels {in_channels}->{out_channels} not divisible by groups={groups}")
+        self.in_channels, self.out_channels, self.kernel, self.groups = in_channels, out_channels, kernel, groups
+        shape = (out_channels, in_channels // groups, kernel)
+        if weight_norm:
+            self.weight_v = nn.Parameter(torch.empty(shape))
+            self.weight_g = nn.Parameter(torch.ones(out_channels))
+        else:
+            self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.reset_parameters(math.sqrt(1.0 / self.fan_in))
+
+    @property
+    def weight_norm(self) -> bool:
+        return hasattr(self, "weight_g")
+
+    def effective_weight(self) -> Tensor:
+        if not self.weight_norm:
+            return self.weight
+        norm = self.weight_v.flatten(1).norm(dim=1)
+        return self.weight_v * (self.weight_g / norm).view(-1, 1, 1)
+
+    def reset_parameters(self, std: float) -> None:
+        with torch.no_grad():
+            v = self.weight_v if self.weight_norm else self.weight
+            v.normal_(0.0, std)
+            if self.weight_norm:  # start with the effective weight equal to v
+                self.weight_g.copy_(v.flatten(1).norm(dim=1))
+            self.bias.zero_()
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels // self.groups * self.kernel
+
+    def forward(self, x: Tensor, cache: ConvCache | None = None) -> Tensor:
+        batch, time, channels = x.shape
+        k = self.kernel
+        weight = self.effective_weight()
+        if k > 1:
+            left = x.new_zeros(batch, k - 1, channels) if cache is None else cache.left_context(x, k - 1)
+            padded = torch.cat([left.to(x.dtype), x], dim=1)  # (B, T+k-1, C)
+            if cache is not None:
+                cache.update(padded, k - 1)
+            x = padded.unfold(1, k, 1)  # (B, T, C, k): window of the last k inputs
+        if self.groups == 1:
+            return F.linear(x.reshape(batch, time, -1), weight.reshape(self.out_channels, -1), self.bias)
+        outs = []
+        for xg, wg, bg in zip(x.chunk(self.groups, dim=2), weight.chunk(self.groups, 0), self.bias.chunk(self.groups)):
+            outs.append(F.linear(xg.reshape(batch, time, -1), wg.reshape(wg.shape[0], -1), bg))
+        return torch.cat(outs, dim=-1)
+
+
+def apply_gate(gate: str, h: Tensor) -> Tensor:
+    """The paper's gates. Two-branch gates split h's channels into halves A, B."""
+    if gate in TWO_BRANCH_GATES:
+        a, b = h.chunk(2, dim=-1)
+        if gate == "glu":
+            return a * torch.sigmoid(b)
+        if gate == "gtu":
+            return torch.tanh(a) * torch.sigmoid(b)
+        return a * b  # bilinear
+    if gate == "relu":
+        return torch.relu(h)
+    if gate == "tanh":
+        return torch.tanh(h)
+    return h  # linear
+
+
+class ConvBlock(nn.Module):
+    """One block: its convolution layers, the gate(s), and the residual connection.
+
+    gate_placement ``layer``: every convolution is followed by the gate (the authors' fairseq implementation).
+    gate_placement ``block``: two linear stacks A and B of the block's convolutions, then G = gate(A, B) once.
+    """
+
+    def __init__(self, in_width: int, layers: tuple[tuple[int, int], ...], residual: bool, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate = config.gate
+        self.per_layer = config.gate_placement == "layer"
+        self.residual = residual
+        self.residual_scale = config.residual_scale
+        self.dropout = nn.Dropout(config.dropout)
+        branches = 2 if config.gate in TWO_BRANCH_GATES else 1
+        wn = config.weight_norm
+        self.convs = nn.ModuleList()
+        width = in_width
+        for j, (k, n) in enumerate(layers):
+            if self.per_layer or j == 0:
+                self.convs.append(CausalConv(width, branches * n, k, weight_norm=wn))
+            else:  # block gating: keep the stacks A and B apart
+                self.convs.append(CausalConv(branches * width, branches * n, k, groups=branches, weight_norm=wn))
+            width = n
+        self.out_width = width
+        self.proj = CausalConv(in_width, width, 1, weight_norm=wn) if residual and in_width != width else None
+
+    def forward(self, x: Tensor, cache: ConvCache | None = None) -> Tensor:
+        skip = x
+        for j, conv in enumerate(self.convs):
+            if self.per_layer or j == 0:
+                x = self.dropout(x)
+            x = conv(x, cache)
+            if self.per_layer:
+                x = apply_gate(self.gate, x)
+        if not self.per_layer:
+            x = apply_gate(self.gate, x)
+        if self.residual:
+            x = x + (self.proj(skip) if self.proj is not None else skip)
+            if self.residual_scale:
+                x = x * SQRT_HALF
+        return x
+
+
+class GatedConvLM(LanguageModel):
+    """Embedding -> [projection] -> blocks of gated causal convolutions -> adaptive (or full) softmax."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        first_width = config.blocks[0].layers[0][1]
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.input_proj = (
+            CausalConv(config.embed_dim, first_width, 1, weight_norm=config.weight_norm)
+            if config.embed_dim != first_width
+            else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList()
+        width = first_width
+        for block in config.blocks:
+            for _ in range(block.repeat):
+                layer = ConvBlock(width, block.layers, block.residual, config)
+                self.blocks.append(layer)
+                width = layer.out_width
+        self.softmax = build_softmax(width, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div, config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming (He) normal for the gated convolutions (the paper), or fairseq's N(0, sqrt(4(1-p)/fan_in));
+        variance-preserving N(0, sqrt(1/fan_in)) for the linear projections; N(0, 0.1) for the embedding."""
+        nn.init.normal_(self.embed.weight, 0.0, 0.1)
+        p = self.config.dropout
+        for module in self.modules():
+            if isinstance(module, ConvBlock):
+                for conv in module.convs:
+                    if self.config.init == "kaiming":
+                        std = math.sqrt(2.0 / conv.fan_in)
+                    else:
+                        std = math.sqrt(4.0 * (1.0 - p) / conv.fan_in)
+                    conv.reset_parameters(std)
+                if module.proj is not None:
+                    module.proj.reset_parameters(math.sqrt(1.0 / module.proj.fan_in))
+        if self.input_proj is not None:
+            self.input_proj.reset_parameters(math.sqrt(1.0 / self.input_proj.fan_in))
+
+    @property
+    def receptive_field(self) -> int:
+        return self.config.receptive_field
+
+    def new_cache(self, batch_size: int) -> ConvCache:
+        return ConvCache(batch_size)
+
+    def hidden_states(self, tokens: Tensor, cache: ConvCache | None = None) -> Tensor:
+        """tokens (B, T) -> final hidden states (B, T, C_last)."""
+        if cache is not None:
+            cache.start(tokens.shape[1])
+        x = self.dropout(self.embed(tokens))  # (B, T, E)
+        if self.input_proj is not None:
+            x = self.input_proj(x)
+        for block in self.blocks:
+            x = block(x, cache)
+        return self.dropout(x)
+
+
+def build_model(name: str | ModelConfig, vocab_size: int | None = None, **overrides: Any) -> GatedConvLM:
+    """Build a GCNN by architecture name (``gcnn archs`` lists them) for ``vocab_size`` words, overriding any
+    :class:`ModelConfig` field by keyword, e.g. ``build_model("gcnn-8", vocab_size=33278, dropout=0.2)``.
+    A :class:`ModelConfig` is accepted too. Baseline names (``lstm-*``, ``transformer-*``) build those models."""
+    from gcnn.architectures import get_config
+
+    if isinstance(name, ModelConfig):
+        return GatedConvLM(name.replace(**overrides) if overrides else name)
+    if vocab_size is None:
+        raise TypeError("build_model needs vocab_size=")
+    from gcnn import registry
+
+    return registry.build(name, vocab_size, **overrides) if registry.is_registered(name) else GatedConvLM(
+        get_config(name, vocab_size, **overrides)
+    )

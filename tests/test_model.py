@@ -1,0 +1,320 @@
+"""The GCNN model: causality, normalisation, the gates' formulas, the paper's architectures, gradients."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gcnn
+from gcnn.config import GATES, Block, ModelConfig
+from gcnn.errors import ConfigError
+from gcnn.model import CausalConv, ConvBlock, GatedConvLM
+
+V = 50
+
+
+def small_config(**kw):
+    fields = dict(
+        vocab_size=V,
+        embed_dim=8,
+        blocks=(Block(((3, 12),), residual=False), Block(((2, 12), (3, 12)), repeat=2), Block(((1, 6), (3, 6), (1, 16)))),
+        adaptive_cutoffs=(10, 30),
+    )
+    fields.update(kw)
+    return ModelConfig(**fields)
+
+
+ALL_VARIANTS = [(g, p) for g in GATES for p in ("layer", "block")]
+
+
+@pytest.mark.parametrize("gate,placement", ALL_VARIANTS)
+@pytest.mark.parametrize("cutoffs", [(10, 30), ()])
+def test_causality_bit_for_bit(gate, placement, cutoffs):
+    torch.manual_seed(0)
+    model = GatedConvLM(small_config(gate=gate, gate_placement=placement, adaptive_cutoffs=cutoffs)).eval()
+    tokens = torch.randint(0, V, (3, 17))
+    base = model.next_token_log_probs(tokens)
+    for t in (0, 5, 15):
+        changed = tokens.clone()
+        changed[:, t + 1 :] = torch.randint(0, V, changed[:, t + 1 :].shape)
+        assert not torch.equal(changed, tokens)
+        out = model.next_token_log_probs(changed)
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"future tokens leaked into position <= {t}"
+        # and the future positions do depend on the changed tokens (the test could fail)
+        assert not torch.equal(out[:, t + 1 :], base[:, t + 1 :])
+
+
+@pytest.mark.parametrize("cutoffs", [(10, 30), (5,), ()])
+def test_distribution_sums_to_one_and_loss_is_mean_nll(cutoffs):
+    torch.manual_seed(1)
+    model = GatedConvLM(small_config(adaptive_cutoffs=cutoffs)).eval()
+    tokens = torch.randint(0, V, (4, 9))
+    targets = torch.randint(0, V, (4, 9))
+    log_probs = model.next_token_log_probs(tokens)
+    assert log_probs.shape == (4, 9, V)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(4, 9), atol=1e-5)
+    out = model(tokens, targets)
+    direct = log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)
+    assert torch.allclose(out.target_log_probs, direct, atol=1e-5)
+    assert math.isclose(out.loss.item(), -direct.mean().item(), rel_tol=1e-5)
+    assert out.num_tokens == 36
+
+
+def test_ignored_targets_do_not_count():
+    torch.manual_seed(2)
+    model = GatedConvLM(small_config()).eval()
+    tokens = torch.randint(0, V, (2, 7))
+    targets = torch.randint(0, V, (2, 7))
+    masked = targets.clone()
+    masked[0, 4:] = gcnn.IGNORE_INDEX
+    full = model(tokens, targets)
+    out = model(tokens, masked)
+    keep = masked != gcnn.IGNORE_INDEX
+    assert out.num_tokens == int(keep.sum())
+    assert torch.equal(out.target_log_probs[~keep], torch.zeros(int((~keep).sum())))
+    assert torch.allclose(out.target_log_probs[keep], full.target_log_probs[keep], atol=1e-6)
+    assert math.isclose(out.loss.item(), -full.target_log_probs[keep].mean().item(), rel_tol=1e-5)
+
+
+def test_next_token_log_probs_at_chosen_positions():
+    model = GatedConvLM(small_config()).eval()
+    tokens = torch.randint(0, V, (2, 8))
+    full = model.next_token_log_probs(tokens)
+    some = model.next_token_log_probs(tokens, positions=[0, 7, 3])
+    assert torch.allclose(some, full[:, [0, 7, 3]], atol=1e-6)
+
+
+def reference_causal_conv(x, weight, bias):
+    """Textbook causal convolution: nn.functional.conv1d over (B, C, T) with k-1 zeros on the left."""
+    k = weight.shape[-1]
+    y = F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), weight, bias)
+    return y.transpose(1, 2)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_each_gate_equals_its_formula(gate, weight_norm):
+    torch.manual_seed(3)
+    config = small_config(gate=gate, weight_norm=weight_norm)
+    block = ConvBlock(6, ((3, 5),), residual=True, config=config).eval()
+    conv = block.convs[0]
+    with torch.no_grad():
+        conv.bias.normal_()
+        if weight_norm:
+            conv.weight_g.uniform_(0.5, 2.0)
+            v = conv.weight_v
+            weight = conv.weight_g.view(-1, 1, 1) * v / v.flatten(1).norm(dim=1).view(-1, 1, 1)
+        else:
+            weight = conv.weight
+    x = torch.randn(2, 7, 6)
+    pre = reference_causal_conv(x, weight, conv.bias)
+    n = 5
+    if gate == "glu":
+        expected = pre[..., :n] * torch.sigmoid(pre[..., n:])
+    elif gate == "gtu":
+        expected = torch.tanh(pre[..., :n]) * torch.sigmoid(pre[..., n:])
+    elif gate == "bilinear":
+        expected = pre[..., :n] * pre[..., n:]
+    elif gate == "relu":
+        expected = torch.relu(pre)
+    elif gate == "tanh":
+        expected = torch.tanh(pre)
+    else:
+        expected = pre
+    # residual from 6 to 5 channels goes through the block's projection
+    expected = expected + block.proj(x)
+    assert torch.allclose(block(x), expected, atol=1e-5)
+
+
+def test_block_gating_is_two_linear_stacks_then_one_gate():
+    """gate_placement=block: A = conv_a2(conv_a1(X)), B likewise, G = A * sigmoid(B), output G + X."""
+    torch.manual_seed(4)
+    config = small_config(gate_placement="block")
+    block = ConvBlock(4, ((2, 4), (3, 4)), residual=True, config=config).eval()
+    c1, c2 = block.convs
+    assert c1.out_channels == 8 and c2.groups == 2
+    w1, w2 = c1.effective_weight(), c2.effective_weight()
+    x = torch.randn(2, 6, 4)
+    a = reference_causal_conv(reference_causal_conv(x, w1[:4], c1.bias[:4]), w2[:4], c2.bias[:4])
+    b = reference_causal_conv(reference_causal_conv(x, w1[4:], c1.bias[4:]), w2[4:], c2.bias[4:])
+    assert torch.allclose(block(x), a * torch.sigmoid(b) + x, atol=1e-5)
+
+
+def test_residual_scale_sqrt_half():
+    torch.manual_seed(5)
+    plain = ConvBlock(4, ((2, 4),), True, small_config()).eval()
+    scaled = ConvBlock(4, ((2, 4),), True, small_config(residual_scale=True)).eval()
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 5, 4)
+    assert torch.allclose(scaled(x), plain(x) * math.sqrt(0.5), atol=1e-6)
+
+
+# --- the paper's architectures, written down from its appendix Table 1 (not read back from the code) ---------------
+# each entry: embed dim, list of (residual?, [(kernel, channels), ...]) per block instance, cutoffs
+def rep(n, layers):
+    return [(True, layers)] * n
+
+
+PAPER_TABLE = {
+    "gcnn-8": (280, [(False, [(4, 900)])] + rep(7, [(4, 900)]), (2000, 10000, 50000)),
+    "gcnn-14": (
+        280,
+        rep(3, [(6, 850)]) + rep(1, [(1, 850)]) + rep(4, [(5, 850)]) + rep(1, [(1, 850)]) + rep(3, [(4, 850)])
+        + rep(1, [(4, 1024)]) + rep(1, [(4, 2048)]),
+        (10000, 20000, 200000),
+    ),
+    "gcnn-9": (128, [(False, [(4, 807)])] + rep(4, [(4, 807), (4, 807)]), (4000, 40000, 200000)),
+    "gcnn-8b": (
+        128,
+        [(False, [(1, 512)])] + rep(3, [(1, 128), (5, 128), (1, 512)]) + rep(3, [(1, 256), (5, 256), (1, 512)])
+        + rep(1, [(1, 1024), (1, 1024), (1, 2048)]),
+        (4000, 40000, 200000),
+    ),
+    "gcnn-13": (128, [(False, [(4, 1268)])] + rep(12, [(4, 1268), (4, 1268)]), (10000, 40000, 200000)),
+    "gcnn-14b": (
+        128,
+        [(False, [(5, 512)])] + rep(3, [(1, 128), (5, 128), (1, 512)]) + rep(3, [(1, 512), (5, 512), (1, 1024)])
+        + rep(6, [(1, 1024), (5, 1024), (1, 2048)]) + rep(1, [(1, 1024), (5, 1024), (1, 4096)]),
+        (10000, 40000, 200000),
+    ),
+}
+
+
+def independent_parameter_count(vocab, embed, blocks, cutoffs):
+    """GLU after every conv, weight norm (one g per output channel) and a bias everywhere but the softmax."""
+    total = vocab * embed
+    width = blocks[0][1][0][1]
+    if embed != width:
+        total += embed * width + 2 * width  # input projection: weight, bias, g
+    for residual, layers in blocks:
+        block_in = width
+        for k, n in layers:
+            total += width * 2 * n * k + 2 * (2 * n)  # conv to 2n channels: weight, bias, g
+            width = n
+        if residual and block_in != width:
+            total += block_in * width + 2 * width
+    d = width
+    if cutoffs:
+        bounds = list(cutoffs) + [vocab]
+        total += d * (cutoffs[0] + len(cutoffs))
+        for i in range(len(cutoffs)):
+            h = int(d // 4 ** (i + 1))
+            total += d * h + h * (bounds[i + 1] - bounds[i])
+    else:
+        total += d * vocab + vocab
+    return total
+
+
+@pytest.mark.parametrize("name", list(PAPER_TABLE))
+def test_named_architecture_matches_paper_table(name):
+    embed, blocks, cutoffs = PAPER_TABLE[name]
+    vocab = 800_000  # large enough that every cutoff of the paper is kept
+    with torch.device("meta"):
+        model = gcnn.build_model(name, vocab_size=vocab)
+    assert model.config.embed_dim == embed
+    assert model.config.adaptive_cutoffs == cutoffs
+    assert len(model.blocks) == len(blocks)
+    for block, (residual, layers) in zip(model.blocks, blocks):
+        assert block.residual == residual
+        assert [(c.kernel, c.out_channels // 2) for c in block.convs] == layers
+    assert model.num_parameters() == independent_parameter_count(vocab, embed, blocks, cutoffs)
+
+
+def test_cutoffs_at_or_above_vocab_are_dropped_for_named_archs_and_rejected_when_explicit():
+    model = gcnn.build_model("gcnn-8", vocab_size=33278, embed_dim=16, blocks=[Block(((2, 8),))])
+    assert model.config.adaptive_cutoffs == (2000, 10000)
+    tiny = gcnn.build_model("gcnn-tiny", vocab_size=15)
+    assert tiny.config.adaptive_cutoffs == ()  # full softmax
+    with pytest.raises(ConfigError, match=r"adaptive_cutoffs \[20, 60\].*vocabulary size 50"):
+        gcnn.build_model("gcnn-tiny", vocab_size=50, adaptive_cutoffs=(20, 60))
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        gcnn.build_model("gcnn-tiny", vocab_size=500, adaptive_cutoffs=(60, 20))
+
+
+def test_overrides_by_keyword_and_bad_values():
+    model = gcnn.build_model("gcnn-tiny", vocab_size=100, embed_dim=24, dropout=0.3, gate="gtu", weight_norm=False)
+    cfg = model.config
+    assert (cfg.embed_dim, cfg.dropout, cfg.gate, cfg.weight_norm) == (24, 0.3, "gtu", False)
+    assert model.embed.weight.shape == (100, 24)
+    assert not any("weight_g" in n for n, _ in model.named_parameters())
+    with pytest.raises(ConfigError, match="gate must be one of"):
+        gcnn.build_model("gcnn-tiny", vocab_size=100, gate="swish")
+    with pytest.raises(ConfigError, match="unknown model option.*colour"):
+        gcnn.build_model("gcnn-tiny", vocab_size=100, colour="red")
+    with pytest.raises(ConfigError, match="unknown architecture 'gcnn-99'"):
+        gcnn.build_model("gcnn-99", vocab_size=100)
+    with pytest.raises(ConfigError, match="dropout"):
+        gcnn.build_model("gcnn-tiny", vocab_size=100, dropout=1.5)
+
+
+def test_custom_architecture_from_toml(tmp_path):
+    path = tmp_path / "arch.toml"
+    path.write_text(
+        "[model]\nembed_dim = 12\nadaptive_cutoffs = [10]\ngate = 'gtu'\n"
+        "blocks = [ { layers = [[3, 16]], residual = false }, { layers = [[1, 4], [3, 4], [1, 16]], repeat = 2 } ]\n"
+    )
+    config = gcnn.config_from_file(path, vocab_size=40)
+    assert config.describe() == "[3,16] x1 plain, ([1,4], [3,4], [1,16]) x2"
+    model = gcnn.build_model(config)
+    assert model(torch.randint(0, 40, (1, 5)), torch.randint(0, 40, (1, 5))).loss.isfinite()
+    based = tmp_path / "based.toml"
+    based.write_text("[model]\narch = 'gcnn-tiny'\ndropout = 0.25\n")
+    assert gcnn.config_from_file(based, vocab_size=40).dropout == 0.25
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nembed_dim = 12\nwidth = 3\nblocks = [ { layers = [[3, 16]] } ]\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: unknown model key\(s\) width"):
+        gcnn.config_from_file(bad, vocab_size=40)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model\n")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        gcnn.config_from_file(broken, vocab_size=40)
+
+
+@pytest.mark.parametrize("gate,placement", [("glu", "layer"), ("relu", "block"), ("bilinear", "block")])
+def test_backward_reaches_every_parameter(gate, placement):
+    torch.manual_seed(6)
+    model = GatedConvLM(small_config(gate=gate, gate_placement=placement, dropout=0.1))
+    tokens = torch.randint(0, V, (4, 12))
+    # targets in every softmax cluster so every tail gets a gradient
+    targets = torch.arange(48).reshape(4, 12) % V
+    model(tokens, targets).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+@pytest.mark.parametrize("gate,placement", ALL_VARIANTS)
+def test_incremental_decoding_matches_full_forward(gate, placement):
+    torch.manual_seed(7)
+    model = GatedConvLM(small_config(gate=gate, gate_placement=placement)).eval()
+    tokens = torch.randint(0, V, (2, 11))
+    full = model.next_token_log_probs(tokens)
+    cache = model.new_cache(2)
+    steps = [model.next_token_log_probs(tokens[:, :4], cache=cache)]  # a prompt, then one token at a time
+    for t in range(4, 11):
+        steps.append(model.next_token_log_probs(tokens[:, t : t + 1], cache=cache))
+    assert cache.length == 11
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_causal_conv_matches_conv1d_with_groups():
+    torch.manual_seed(8)
+    conv = CausalConv(6, 8, 3, groups=2)
+    x = torch.randn(2, 5, 6)
+    w = conv.effective_weight()
+    expected = F.conv1d(F.pad(x.transpose(1, 2), (2, 0)), w, conv.bias, groups=2).transpose(1, 2)
+    assert torch.allclose(conv(x), expected, atol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = gcnn.build_model("gcnn-tiny", vocab_size=100, gate="gtu").eval()
+    gcnn.save_model(model, tmp_path / "m")
+    loaded = gcnn.load_model(tmp_path / "m").eval()
+    assert loaded.config == model.config
+    tokens = torch.randint(0, 100, (1, 6))
+    assert torch.equal(loaded.next_token_log_probs(tokens), model.next_token_log_probs(tokens))
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(gcnn.GcnnError, match="damaged or truncated"):
+        gcnn.load_model(tmp_path / "m")

@@ -1,0 +1,490 @@
+"""Corpora and ``prepare``: a text corpus -> a prepared-data folder (vocabulary, memory-mapped ids, manifest).
+
+Memory stays bounded by the vocabulary, never by the corpus: the training files are read once to count tokens (BPE:
+once to learn merges and once to count pieces), then every split is read again, encoded a chunk of lines at a time
+and appended to its id file. Everything is written into a hidden folder beside the output, whose manifest is written
+last, and moved into place with one rename: a prepare that fails or is interrupted never leaves a folder that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import repeat
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from gcnn.data.prepared import (
+    DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    SPLITS,
+    PreparedData,
+    ids_dtype,
+    is_prepared_folder,
+    sha256_file,
+)
+from gcnn.data.text import (
+    FORMATS,
+    SENTENCE_BOS,
+    SENTENCE_EOS,
+    STREAM_EOS,
+    UNK,
+    WORD_SPLITTERS,
+    TextFile,
+    unit_texts,
+    word_tokenizer,
+)
+from gcnn.data.vocab import VOCAB_FILE, Vocabulary
+from gcnn.errors import DataError
+
+# file names looked for in a corpus folder, per format, in order ({} = the split name)
+_FOLDER_NAMES = {
+    "wikitext": ("wiki.{}.tokens", "wiki.{}.raw", "{}.txt"),
+    "sentences": ("{}.txt", "ptb.{}.txt"),
+    "plain": ("{}.txt",),
+}
+
+# encode_chunk(lines) -> (ids, number of eos marks added, number of <unk> written literally in the text)
+ChunkEncoder = Callable[[list[str]], tuple[np.ndarray, int, int]]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus on disk: its files per split (``train``, ``valid``, ``test``) and how its lines become tokens.
+
+    ``format`` is ``wikitext``, ``sentences`` or ``plain`` (see gcnn.data.text); ``splitter`` is ``whitespace`` or
+    ``punct`` (punctuation split off words), ``lowercase`` lowercases everything.
+    """
+
+    files: Mapping[str, tuple[Path, ...]]
+    format: str = "wikitext"
+    splitter: str = "whitespace"
+    lowercase: bool = False
+    name: str = ""
+    extra: Mapping[str, object] = field(default_factory=dict)  # recorded in the manifest (e.g. the sdist's sha256)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise DataError(f"unknown corpus format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.splitter not in WORD_SPLITTERS:
+            raise DataError(f"unknown word splitter {self.splitter!r}; choose one of {', '.join(WORD_SPLITTERS)}")
+        for split in SPLITS:
+            if not self.files.get(split):
+                raise DataError(f"corpus {self.name!r} has no {split} file")
+
+    @property
+    def mode(self) -> str:
+        """``sentence`` for one-sentence-per-line corpora, ``stream`` otherwise."""
+        return "sentence" if self.format == "sentences" else "stream"
+
+    @property
+    def eos(self) -> str:
+        return SENTENCE_EOS if self.format == "sentences" else STREAM_EOS
+
+    @property
+    def bos(self) -> str | None:
+        return SENTENCE_BOS if self.format == "sentences" else None
+
+
+def find_corpus(
+    data: str | os.PathLike | None = None,
+    *,
+    format: str | None = None,
+    train: Sequence[str | os.PathLike] | None = None,
+    valid: Sequence[str | os.PathLike] | None = None,
+    test: Sequence[str | os.PathLike] | None = None,
+    splitter: str = "whitespace",
+    lowercase: bool = False,
+) -> Corpus:
+    """Locate a corpus: a folder (``wiki.{split}.tokens``/``.raw``, ``ptb.{split}.txt``, ``{split}.txt``) and/or
+    files named per split. A named file may be a glob pattern (``'train/news.en-*'``): its matches, sorted.
+
+    ``format`` is detected for WikiText (``wiki.*``) and Penn Treebank (``ptb.*``, read as sentences) folders; other
+    folders and named files need it (named files alone default to ``plain``).
+    """
+    named = {"train": train, "valid": valid, "test": test}
+    folder = Path(data) if data is not None else None
+    if folder is not None:
+        if not folder.exists():
+            raise DataError(f"--data {folder}: no such folder (or give --data shakespeare for the built-in corpus)")
+        if not folder.is_dir():
+            raise DataError(f"--data {folder}: not a folder; name single files with --train, --valid and --test")
+        if format is None:
+            format = _detect_format(folder)
+    elif format is None:
+        format = "plain"
+    if format not in FORMATS:
+        raise DataError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    files = {}
+    for split in SPLITS:
+        if named[split]:
+            files[split] = tuple(p for pattern in named[split] for p in _expand(pattern, split))
+        elif folder is not None:
+            files[split] = (_find_in_folder(folder, format, split),)
+        else:
+            raise DataError(f"no {split} file: name it with --{split} FILE (or give a corpus folder with --data)")
+    name = folder.resolve().name if folder is not None else Path(files["train"][0]).stem
+    return Corpus(files, format=format, splitter=splitter, lowercase=lowercase, name=name)
+
+
+def _detect_format(folder: Path) -> str:
+    if (folder / "wiki.train.tokens").exists() or (folder / "wiki.train.raw").exists():
+        return "wikitext"
+    if (folder / "ptb.train.txt").exists():
+        return "sentences"
+    raise DataError(
+        f"--data {folder}: cannot tell the corpus format (no wiki.train.tokens or ptb.train.txt); "
+        f"give --format {' or '.join(FORMATS)}"
+    )
+
+
+def _find_in_folder(folder: Path, format: str, split: str) -> Path:
+    candidates = [folder / pattern.format(split) for pattern in _FOLDER_NAMES[format]]
+    for path in candidates:
+        if path.exists():
+            return path
+    looked = ", ".join(p.name for p in candidates)
+    raise DataError(f"--data {folder}: missing {split} split file (looked for {looked}); name it with --{split} FILE")
+
+
+def _expand(pattern: str | os.PathLike, split: str) -> list[Path]:
+    path = Path(pattern)
+    if path.exists() or not glob.has_magic(str(pattern)):
+        return [path]
+    matches = sorted(glob.glob(str(pattern)))
+    if not matches:
+        raise DataError(f"--{split} {pattern}: no file matches")
+    return [Path(m) for m in matches]
+
+
+def _check_files(corpus: Corpus) -> None:
+    for split in SPLITS:
+        for path in corpus.files[split]:
+            if not path.exists():
+                raise DataError(f"{path}: {split} split file not found")
+            if not path.is_file():
+                raise DataError(f"{path}: {split} split is not a regular file")
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: {split} split file is empty")
+
+
+# ---------------------------------------------------------------------------------------------------- prepare
+def prepare(
+    corpus: Corpus,
+    out: str | os.PathLike,
+    *,
+    min_count: int = 1,
+    max_size: int | None = None,
+    bpe: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PreparedData:
+    """Prepare ``corpus`` into the folder ``out`` and return it opened.
+
+    Word-level by default: ``min_count`` and ``max_size`` (whole vocabulary, special tokens included) limit the
+    vocabulary, the rest becomes ``<unk>``. ``bpe=N`` learns a BPE vocabulary of N pieces instead (``min_count`` is
+    then the minimum frequency of a merge). ``out`` must not exist, be empty, or (with ``overwrite``) be a prepared
+    folder, which is replaced only once the new one is complete.
+    """
+    out = Path(out)
+    if bpe is not None and max_size is not None:
+        raise DataError("--max-size is for word vocabularies; with --bpe the vocabulary size is the --bpe value")
+    _check_destination(out, overwrite)
+    _check_files(corpus)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        passes = 3 if bpe else 2
+        total = sum(p.stat().st_size for p in corpus.files["train"]) * (passes - 1)
+        total += sum(p.stat().st_size for s in SPLITS for p in corpus.files[s])
+        with _Progress(total, progress) as bar:
+            train_hashes: dict[Path, str] = {}
+            if bpe:
+                vocab, encode_chunk = _bpe_vocabulary(corpus, bpe, min_count, train_hashes, bar)
+            else:
+                vocab, encode_chunk = _word_vocabulary(corpus, min_count, max_size, train_hashes, bar)
+            vocab.save(tmp / VOCAB_FILE)
+            dtype = ids_dtype(len(vocab))
+            splits = {
+                split: _write_split(corpus, split, encode_chunk, vocab, tmp / f"{split}.bin", dtype, train_hashes, bar)
+                for split in SPLITS
+            }
+        manifest = _manifest(corpus, vocab, tmp / VOCAB_FILE, splits, min_count, max_size, bpe)
+        _write_synced(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PreparedData.open(out)
+
+
+def _word_vocabulary(
+    corpus: Corpus, min_count: int, max_size: int | None, hashes: dict[Path, str], bar: "_Progress"
+) -> tuple[Vocabulary, ChunkEncoder]:
+    tokenize = word_tokenizer(corpus.splitter, corpus.lowercase)
+    eos, bos = corpus.eos, corpus.bos
+    counts: Counter[str] = Counter()
+    for lines in _read(corpus.files["train"], hashes, bar):
+        counts.update(tokenize(unit_texts(corpus.format, lines, eos, bos), eos))
+    vocab = Vocabulary.from_counts(
+        counts,
+        unk=UNK,
+        eos=eos,
+        bos=bos,
+        min_count=min_count,
+        max_size=max_size,
+        splitter=corpus.splitter,
+        lowercase=corpus.lowercase,
+    )
+    del counts
+    stoi, unk_id = vocab.stoi, vocab.unk_id
+
+    def encode_chunk(lines: list[str]) -> tuple[np.ndarray, int, int]:
+        texts = unit_texts(corpus.format, lines, eos, bos)
+        tokens = tokenize(texts, eos)
+        ids = np.fromiter(map(stoi.get, tokens, repeat(unk_id)), dtype=np.int64, count=len(tokens))
+        return ids, len(texts), tokens.count(UNK)
+
+    return vocab, encode_chunk
+
+
+def _bpe_vocabulary(
+    corpus: Corpus, size: int, min_count: int, hashes: dict[Path, str], bar: "_Progress"
+) -> tuple[Vocabulary, ChunkEncoder]:
+    from gcnn.data.bpe import bpe_vocabulary, train_bpe
+
+    eos, bos = corpus.eos, corpus.bos
+
+    def texts_of(lines: list[str]) -> list[str]:
+        """Unit texts with whitespace runs made single spaces (the pieces mark word starts, not the spacing)."""
+        texts = [" ".join(t.split()) for t in unit_texts(corpus.format, lines, eos, bos)]
+        return [t.lower() for t in texts] if corpus.lowercase else texts
+
+    def all_train_texts() -> Iterator[str]:
+        for lines in _read(corpus.files["train"], hashes, bar):
+            yield from texts_of(lines)
+
+    specials = [UNK, eos] + ([bos] if bos else [])
+    tokenizer = train_bpe(all_train_texts(), vocab_size=size, special_tokens=specials, min_count=min_count)
+    raw_eos = tokenizer.token_to_id(eos)
+
+    def raw_ids(texts: list[str]) -> np.ndarray:
+        pieces = [e.ids + [raw_eos] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return np.fromiter((i for ids in pieces for i in ids), dtype=np.int64)
+
+    counts = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
+    for lines in _read(corpus.files["train"], hashes, bar):
+        counts += np.bincount(raw_ids(texts_of(lines)), minlength=len(counts))
+    vocab, table = bpe_vocabulary(tokenizer, counts, unk=UNK, eos=eos, bos=bos, lowercase=corpus.lowercase)
+
+    def encode_chunk(lines: list[str]) -> tuple[np.ndarray, int, int]:
+        texts = texts_of(lines)
+        return table[raw_ids(texts)], len(texts), sum(t.count(UNK) for t in texts)
+
+    return vocab, encode_chunk
+
+
+def _read(paths: Sequence[Path], hashes: dict[Path, str], bar: "_Progress") -> Iterator[list[str]]:
+    """Chunks of lines of ``paths`` in order; records each file's sha256 in ``hashes`` (or checks it is unchanged)."""
+    for path in paths:
+        file = TextFile(path)
+        done = 0
+        for lines in file.line_chunks():
+            bar.update(file.bytes_read - done)
+            done = file.bytes_read
+            yield lines
+        bar.update(file.bytes_read - done)
+        _record_hash(hashes, path, file.sha256)
+
+
+def _record_hash(hashes: dict[Path, str], path: Path, sha256: str | None) -> None:
+    if hashes.setdefault(path, sha256) != sha256:
+        raise DataError(f"{path}: the file changed while it was being prepared; run prepare again")
+
+
+def _write_split(
+    corpus: Corpus,
+    split: str,
+    encode_chunk: ChunkEncoder,
+    vocab: Vocabulary,
+    path: Path,
+    dtype: str,
+    train_hashes: dict[Path, str],
+    bar: "_Progress",
+) -> dict:
+    """Encode one split into ``path`` and return its manifest entry."""
+    hashes = dict(train_hashes) if split == "train" else {}
+    tokens = sequences = lines = unk = literal_unk = 0
+    sources = []
+    unk_id = vocab.unk_id
+    with open(path, "wb") as f:
+        for source in corpus.files[split]:
+            source_lines = 0
+            for chunk in _read([source], hashes, bar):
+                ids, n_sequences, n_literal = encode_chunk(chunk)
+                ids.astype(DTYPES[dtype]).tofile(f)
+                tokens += len(ids)
+                sequences += n_sequences
+                source_lines += len(chunk)
+                unk += int(np.count_nonzero(ids == unk_id))
+                literal_unk += n_literal
+            lines += source_lines
+            sources.append(
+                {"path": str(source.resolve()), "bytes": source.stat().st_size, "sha256": hashes[source], "lines": source_lines}
+            )
+        f.flush()
+        os.fsync(f.fileno())
+    names = ", ".join(str(s) for s in corpus.files[split])
+    if tokens - sequences <= 0:
+        raise DataError(f"{names}: the {split} split has no words (only blank lines or markers)")
+    oov = unk - min(literal_unk, unk)
+    return {
+        "file": path.name,
+        "dtype": dtype,
+        "tokens": tokens,
+        "sequences": sequences,
+        "lines": lines,
+        "unk": unk,
+        "oov": oov,
+        "oov_rate": oov / tokens,
+        "sources": sources,
+    }
+
+
+def _manifest(
+    corpus: Corpus,
+    vocab: Vocabulary,
+    vocab_path: Path,
+    splits: dict[str, dict],
+    min_count: int,
+    max_size: int | None,
+    bpe: int | None,
+) -> dict:
+    from gcnn import __version__
+
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "gcnn_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "corpus": corpus.name,
+        "mode": corpus.mode,
+        "options": {
+            "format": corpus.format,
+            "splitter": "bpe" if bpe else corpus.splitter,
+            "word_splitter": corpus.splitter,
+            "lowercase": corpus.lowercase,
+            "min_count": min_count,
+            "max_size": max_size,
+            "bpe": bpe,
+            **dict(corpus.extra),
+        },
+        "vocab": {
+            "file": vocab_path.name,
+            "size": len(vocab),
+            "sha256": sha256_file(vocab_path),
+            "fingerprint": vocab.fingerprint(),
+            "unk": vocab.unk,
+            "eos": vocab.eos,
+            "bos": vocab.bos,
+        },
+        "splits": splits,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- the output
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not is_prepared_folder(out):
+        raise DataError(
+            f"--out {out}: the folder exists and is not empty; give a new folder "
+            "(only a prepared-data folder is ever replaced, and only with --force)"
+        )
+    if not overwrite:
+        raise DataError(f"--out {out}: already holds prepared data; pass --force to replace it")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out`` (replacing an empty folder or, by then checked, a prepared one)."""
+    if out.is_dir() and any(out.iterdir()):
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)
+    _fsync_dir(out.parent)
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete partial folders beside ``out`` left by prepares that were killed (their process no longer exists)."""
+    for partial in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        try:
+            pid = int(partial.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Progress:
+    """A tqdm bar over bytes read, or nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", leave=False)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None and n:
+            self._bar.update(n)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -87,3 +87,25 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # ---- evaluation, scoring and generation: thin delegations to gcnn.evaluate and gcnn.decoding
+    def perplexity(self, data: Any, split: str = "test", **options: Any) -> Any:
+        """Perplexity on a split of a prepared-data folder (a path or a PreparedData); returns a
+        :class:`gcnn.evaluate.Perplexity`. Options as for :func:`gcnn.evaluate.perplexity`."""
+        from gcnn.evaluate import evaluate_split
+
+        return evaluate_split(self, data, split, **options)
+
+    def score(self, texts: str | list[str], vocab: Any, **options: Any) -> list[Any]:
+        """Score each text as a sentence: a list of :class:`gcnn.evaluate.SentenceScore` (``.logprob``,
+        ``.log10prob``, ``.tokens``, ``.oov``, ``.perplexity``). Options as for :func:`gcnn.evaluate.score_texts`."""
+        from gcnn.evaluate import score_texts
+
+        return list(score_texts(self, vocab, [texts] if isinstance(texts, str) else texts, **options))
+
+    def generate(self, prompts: str | list[str], vocab: Any, *, max_tokens: int = 50, **options: Any) -> list[str]:
+        """Continue each text prompt with incremental decoding; options (``greedy``, ``temperature``, ``top_k``,
+        ``top_p``, ``seed``, ``stop_at_eos``, ``allow_unk``) as for :func:`gcnn.decoding.generate_text`."""
+        from gcnn.decoding import generate_text
+
+        return generate_text(self, vocab, [prompts] if isinstance(prompts, str) else prompts, max_tokens=max_tokens, **options)

@@ -1,0 +1,74 @@
+"""``gcnn generate``: continue prompts with a trained model, greedy or sampled, with incremental decoding."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+HELP = "continue prompts (greedy, or sampling with temperature, top-k, top-p) with incremental decoding"
+DESCRIPTION = """Continue each --prompt (repeatable; all prompts in one batch) by up to --max-tokens tokens.
+
+Sampling by default (temperature 1); --greedy takes the most probable token. --top-k K keeps the K most probable
+tokens, --top-p P the most probable ones up to probability P; they combine, after --temperature. --seed makes
+sampling reproducible. Prompts are split into tokens as the corpus was; words outside the vocabulary are fed as
+<unk> with a warning. Each prompt starts from <s> (sentence corpora) or <eos> (stream corpora). Generation stops at
+</s> for sentence corpora; in stream corpora <eos> ends a line and is printed as a line break (--stop-at-eos to stop).
+
+example:  gcnn generate runs/shakespeare-demo --prompt "KING HENRY :" --max-tokens 40 --top-k 40 --seed 1"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train`")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help='a prompt (repeatable; default: one empty prompt)')
+    p.add_argument("--max-tokens", type=int, default=50, metavar="N", help="tokens to generate per prompt (default: 50)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="continuations per prompt (default: 1)")
+    p.add_argument("--greedy", action="store_true", help="always take the most probable token")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default: 1.0)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most probable tokens")
+    p.add_argument("--top-p", type=float, metavar="P", help="sample among the most probable tokens up to probability P")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--stop-at-eos", dest="stop_at_eos", action="store_true", default=None, help="stop a sample at the end-of-line token")
+    stop.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="continue past it")
+    p.add_argument("--no-unk", action="store_true", help="never generate <unk>")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
+    p.add_argument("--json", action="store_true", help="one JSON object per sample: prompt, text")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gcnn.cli.evaluate import default_device
+    from gcnn.decoding import UnknownWordWarning, check_sampling, generate_text
+    from gcnn.errors import ConfigError
+    from gcnn.evaluate import load_run
+
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens)
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    model, vocab = load_run(args.run, vocab=args.vocab, device=default_device(args.device))
+    prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownWordWarning)
+        texts = generate_text(
+            model,
+            vocab,
+            prompts,
+            max_tokens=args.max_tokens,
+            stop_at_eos=args.stop_at_eos,
+            allow_unk=not args.no_unk,
+            greedy=args.greedy,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    for warning in caught:
+        print(f"gcnn generate: warning: {warning.message}", file=sys.stderr)
+    for prompt, text in zip(prompts, texts):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+        else:
+            print(f"{prompt} {text}".strip() + "\n")
+    return 0

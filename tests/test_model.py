@@ -318,3 +318,37 @@ def test_save_and_load_round_trip(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(gcnn.GcnnError, match="damaged or truncated"):
         gcnn.load_model(tmp_path / "m")
+
+
+def test_inference_weight_cache_follows_parameter_updates():
+    """Without autograd the folded weights are cached; an optimizer step or load_state_dict must invalidate them."""
+    torch.manual_seed(9)
+    model = GatedConvLM(small_config()).eval()
+    tokens = torch.randint(0, V, (2, 6))
+    targets = torch.randint(0, V, (2, 6))
+    with torch.no_grad():
+        before = model(tokens, targets).loss.item()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(tokens, targets).loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = model(tokens, targets).loss.item()
+        fresh = GatedConvLM(small_config()).eval()
+        fresh.load_state_dict(model.state_dict())
+        assert fresh(tokens, targets).loss.item() == pytest.approx(after, abs=1e-6)
+        fresh.load_state_dict(GatedConvLM(small_config()).state_dict())
+        assert fresh(tokens, targets).loss.item() != pytest.approx(after, abs=1e-6)
+    assert after < before
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    torch.manual_seed(10)
+    model = GatedConvLM(small_config()).eval()
+    tokens = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        ref = model.next_token_log_probs(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model.next_token_log_probs(tokens)
+    assert fast.dtype == torch.float32
+    assert torch.allclose(fast.exp().sum(-1), torch.ones(2, 16), atol=1e-4)
+    assert (fast - ref).abs().max() < 0.1

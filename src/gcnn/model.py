@@ -98,21 +98,43 @@ class CausalConv(nn.Module):
     def fan_in(self) -> int:
         return self.in_channels // self.groups * self.kernel
 
+    def weight_matrix(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The effective weight as a (C_out, C_in/groups * k) matrix and the bias, both in ``dtype``.
+
+        Without autograd (evaluation, generation) the result is cached until a parameter changes, so weight norm is
+        folded away and bf16 weights are not re-cast at every call.
+        """
+        params = [p for p in (getattr(self, "weight_v", None), getattr(self, "weight_g", None), getattr(self, "weight", None), self.bias) if p is not None]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self.effective_weight().reshape(self.out_channels, -1).to(dtype), self.bias.to(dtype)
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in params))
+        cached = self.__dict__.get("_inference_weights")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                weight = self.effective_weight().reshape(self.out_channels, -1).to(dtype).contiguous()
+                cached = (key, weight, self.bias.to(dtype))
+            self.__dict__["_inference_weights"] = cached
+        return cached[1], cached[2]
+
     def forward(self, x: Tensor, cache: ConvCache | None = None) -> Tensor:
         batch, time, channels = x.shape
         k = self.kernel
-        weight = self.effective_weight()
+        device = x.device.type
+        # under autocast, cast the (small) input before the k-fold window copy rather than after it
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x = x.to(dtype)
+        weight, bias = self.weight_matrix(dtype)
         if k > 1:
-            left = x.new_zeros(batch, k - 1, channels) if cache is None else cache.left_context(x, k - 1)
-            padded = torch.cat([left.to(x.dtype), x], dim=1)  # (B, T+k-1, C)
+            left = x.new_zeros(batch, k - 1, channels) if cache is None else cache.left_context(x, k - 1).to(dtype)
+            padded = torch.cat([left, x], dim=1)  # (B, T+k-1, C)
             if cache is not None:
                 cache.update(padded, k - 1)
             x = padded.unfold(1, k, 1)  # (B, T, C, k): window of the last k inputs
         if self.groups == 1:
-            return F.linear(x.reshape(batch, time, -1), weight.reshape(self.out_channels, -1), self.bias)
+            return F.linear(x.reshape(batch, time, -1), weight, bias)
         outs = []
-        for xg, wg, bg in zip(x.chunk(self.groups, dim=2), weight.chunk(self.groups, 0), self.bias.chunk(self.groups)):
-            outs.append(F.linear(xg.reshape(batch, time, -1), wg.reshape(wg.shape[0], -1), bg))
+        for xg, wg, bg in zip(x.chunk(self.groups, dim=2), weight.chunk(self.groups, 0), bias.chunk(self.groups)):
+            outs.append(F.linear(xg.reshape(batch, time, -1), wg, bg))
         return torch.cat(outs, dim=-1)
 
 

@@ -269,3 +269,34 @@ def test_load_run_needs_a_vocabulary(tmp_path):
         load_run(run)
     with pytest.raises(DataError, match="vocabulary of"):
         load_run(run, vocab=Vocabulary.from_counts({"a": 1}).save(tmp_path / "v.json"))
+
+
+# --------------------------------------------------------------------------------------------- baselines
+def baseline(name: str, seed: int = 0) -> gcnn.LanguageModel:
+    torch.manual_seed(seed)
+    return gcnn.build_model(name, vocab_size=V).eval()
+
+
+def test_stream_mode_on_an_lstm_defaults_to_512_tokens_of_context():
+    model = baseline("lstm-tiny")
+    assert model.receptive_field is None
+    ids = random_ids(60, seed=6)
+    result = perplexity(model, ids, eos_id=0)
+    assert (result.context, result.stride) == (512, 512)
+    with torch.no_grad():  # 60 tokens fit one window: the same as one pass over the stream
+        full = model(torch.tensor([[0] + ids[:-1].tolist()]), torch.tensor([ids.tolist()]).long())
+    assert result.nll == pytest.approx(-float(full.target_log_probs.sum()), rel=1e-5)
+    windowed = perplexity(model, ids, eos_id=0, context=4, stride=1)
+    z = [0] + ids.tolist()
+    expected = -sum(direct_log_prob(model, z[max(0, i - 3) : i + 1], int(ids[i])) for i in range(len(ids)))
+    assert windowed.nll == pytest.approx(expected, rel=1e-5)
+
+
+def test_stream_windows_fit_a_transformers_positions():
+    model = baseline("transformer-tiny")  # max_len 64
+    ids = random_ids(150, seed=7)
+    result = perplexity(model, ids, eos_id=0)
+    assert result.context + result.stride - 1 <= 64 and result.context == 32
+    assert result.tokens == 150
+    with pytest.raises(ConfigError, match="max_len"):
+        perplexity(model, ids, eos_id=0, context=40, stride=30)

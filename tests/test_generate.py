@@ -204,3 +204,14 @@ def test_cli_generate(tmp_path, capsys):
     assert len([b for b in capsys.readouterr().out.split("\n\n") if b.strip()]) <= 3
     assert main(["generate", str(run), "--top-k", "0"]) == 2
     assert "--top-k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["lstm-tiny", "transformer-tiny"])
+def test_generation_works_with_the_baselines(arch):
+    import gcnn
+
+    torch.manual_seed(0)
+    model = gcnn.build_model(arch, vocab_size=80).eval()
+    prompts = [[0, 5, 6], [0], [0, 1, 2, 3, 4]]
+    batched = generate(model, prompts, max_tokens=7, greedy=True)
+    assert batched == [naive_greedy(model, p, 7) for p in prompts]

@@ -204,6 +204,30 @@ def stream_windows(num_tokens: int, context: int, stride: int) -> Iterator[tuple
         yield max(0, first - context + 1), first, min(first + stride, num_tokens)
 
 
+def stream_settings(model: LanguageModel, context: int | None, stride: int | None) -> tuple[int, int]:
+    """Stream mode's ``(context, stride)`` with defaults filled in.
+
+    Defaults: context = the model's receptive field (512 when it has none), stride = max(context, 512). A model
+    that takes at most ``config.max_len`` positions at once (the Transformer) needs windows context + stride - 1
+    <= max_len: its defaults split max_len between the two (context (max_len+1)//2, stride the rest).
+    """
+    limit = getattr(model.config, "max_len", None)
+    if context is None:
+        context = model.receptive_field or DEFAULT_UNBOUNDED_CONTEXT
+        if limit is not None:
+            context = min(context, (limit + 1) // 2)
+    _check_positive("context", context)
+    if stride is None:
+        stride = max(context, MIN_DEFAULT_STRIDE) if limit is None else max(1, limit - context + 1)
+    _check_positive("stride", stride)
+    if limit is not None and context + stride - 1 > limit:
+        raise ConfigError(
+            f"context {context} + stride {stride} - 1 exceeds the {limit} positions this model takes at once "
+            f"(max_len); lower --context or --stride"
+        )
+    return context, stride
+
+
 def _stream_batch(ids: np.ndarray, windows: list[tuple[int, int, int]], start_id: int) -> tuple[np.ndarray, np.ndarray]:
     length = max(end - begin for begin, _, end in windows)
     inputs = np.full((len(windows), length), start_id, dtype=np.int64)
@@ -269,8 +293,8 @@ def perplexity(
 ) -> Perplexity:
     """Perplexity of ``model`` on the token ids ``ids`` (see the module docstring for what counts).
 
-    ``mode`` is ``stream`` or ``sentence``. Stream mode: ``context`` defaults to the model's receptive field
-    (512 for models without one), ``stride`` to max(context, 512). Sentence mode: sentences end at ``eos_id`` and
+    ``mode`` is ``stream`` or ``sentence``. Stream mode: defaults for ``context`` and ``stride`` as in
+    :func:`stream_settings`. Sentence mode: sentences end at ``eos_id`` and
     start with ``bos_id`` (``eos_id`` when the vocabulary has no ``<s>``). ``bf16`` runs under bf16 autocast.
     """
     ids = np.asarray(ids)
@@ -278,8 +302,7 @@ def perplexity(
         raise DataError("nothing to evaluate: the ids are empty")
     _check_positive("batch_tokens", batch_tokens)
     if mode == "stream":
-        context = context if context is not None else (model.receptive_field or DEFAULT_UNBOUNDED_CONTEXT)
-        stride = stride if stride is not None else max(context, MIN_DEFAULT_STRIDE)
+        context, stride = stream_settings(model, context, stride)
         batches = _stream_batches(ids, eos_id, context, stride, batch_tokens)
         total = -(-len(ids) // stride)
     elif mode == "sentence":

@@ -1,0 +1,161 @@
+"""What a person sees of a run: the progress bar (or periodic log lines), the metrics log and the learning curve.
+
+``RUN/metrics.jsonl`` has one JSON object per line: ``{"kind": "train", "update", "epoch", "tokens", "loss",
+"ppl", "lr", "grad_norm", "tokens_per_s", "skipped", "time"}`` every ``log_every`` updates and ``{"kind": "valid",
+"update", "epoch", "tokens", "loss", "ppl", "time"}`` at each validation. TensorBoard events go to ``RUN/tensorboard/``
+when the ``tensorboard`` package is installed. ``RUN/learning_curve.png`` is redrawn after every validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "learning_curve.png"
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), or inf where that overflows."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl`` (flushed at once) and, if available, TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._writer = _tensorboard_writer(Path(run_dir) / "tensorboard") if tensorboard else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in record.items():
+                if key not in ("kind", "update", "epoch", "time") and isinstance(value, (int, float)):
+                    self._writer.add_scalar(f"{record['kind']}/{key}", value, record["update"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(folder))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` (a line cut short by a kill is ignored)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(run_dir: Path, update: int) -> None:
+    """Drop records after ``update`` (written after the checkpoint a run resumes from), atomically."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(run_dir) if r.get("update", 0) <= update]
+    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def plot_learning_curve(run_dir: Path) -> None:
+    """Draw train and validation perplexity against updates into ``learning_curve.png`` (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for kind, style in (("train", "-"), ("valid", "o-")):
+        points = [(r["update"], r["ppl"]) for r in records if r.get("kind") == kind and math.isfinite(r["ppl"])]
+        if points:
+            ax.plot(*zip(*points), style, label=kind, markersize=3)
+    ax.set_xlabel("updates")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(Path(run_dir).resolve().name)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{CURVE_FILE}.", suffix=".png", dir=run_dir)
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, Path(run_dir) / CURVE_FILE)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    from gcnn.io import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+
+
+class Progress:
+    """A tqdm bar on stderr (tokens/s, loss, perplexity, time left) when stderr is a terminal; otherwise, or with
+    ``quiet``, one log line every ``every`` updates (none at all with ``silent``)."""
+
+    def __init__(self, total: int, done: int, *, every: int, quiet: bool, silent: bool = False,
+                 stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.every, self.silent = total, every, silent
+        self._start, self._start_done = time.monotonic(), done
+        self._bar = None
+        if not (quiet or silent) and self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=done, unit="upd", file=self.stream, dynamic_ncols=True)
+
+    def update(self, done: int, *, loss: float, tokens_per_s: float, lr: float) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+            self._bar.set_postfix_str(f"{tokens_per_s:,.0f} tok/s, loss {loss:.3f}, ppl {perplexity(loss):.1f}, lr {lr:.2g}")
+        elif not self.silent and done % self.every == 0:
+            self.log(
+                f"update {done}/{self.total}: loss {loss:.3f}, ppl {perplexity(loss):.1f}, lr {lr:.3g}, "
+                f"{tokens_per_s:,.0f} tok/s, {self._time_left(done)} left"
+            )
+
+    def log(self, message: str) -> None:
+        if self.silent:
+            return
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def _time_left(self, done: int) -> str:
+        elapsed = time.monotonic() - self._start
+        rate = (done - self._start_done) / elapsed if elapsed > 0 else 0
+        if rate <= 0:
+            return "?"
+        seconds = int((self.total - done) / rate)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -10,7 +10,8 @@ A corpus *format* says how lines become tokens:
   id arrays: the batcher prepends it as an input.
 
 Lines are split the way Python's text files split them (``\\n``, ``\\r\\n`` or ``\\r``); words are split by
-``str.split`` (``whitespace``) or by a regular expression that also splits punctuation off words (``punct``).
+``str.split`` (``whitespace``) or by a regular expression that also splits punctuation off words and keeps ``<unk>``
+whole (``punct``).
 """
 
 from __future__ import annotations

@@ -109,3 +109,23 @@ class LanguageModel(nn.Module):
         from gcnn.decoding import generate_text
 
         return generate_text(self, vocab, [prompts] if isinstance(prompts, str) else prompts, max_tokens=max_tokens, **options)
+
+    # ---- portable checkpoints: thin delegations to gcnn.hub
+    def save_pretrained(self, directory: Any, vocab: Any, *, card: Any = None) -> Any:
+        """Write config.json, model.safetensors, vocab.json, a README.md model card and SHA256SUMS into
+        ``directory``; see :func:`gcnn.hub.save_pretrained`."""
+        from gcnn.hub import save_pretrained
+
+        return save_pretrained(self, directory, vocab, card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: Any, *, map_location: str = "cpu") -> "LanguageModel":
+        """Load a folder written by :meth:`save_pretrained` (or a run folder), checking every file; the vocabulary
+        comes with :func:`gcnn.hub.load_pretrained`."""
+        from gcnn.errors import CheckpointError
+        from gcnn.hub import from_pretrained
+
+        model = from_pretrained(directory, map_location=map_location)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model

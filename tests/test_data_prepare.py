@@ -302,3 +302,23 @@ def test_cli_check_fails_on_a_damaged_folder(tiny, tmp_path, capsys):
     assert "damaged manifest" in capsys.readouterr().err
     assert main(["prepare", "--data", str(tiny)]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
+
+
+def test_line_endings_and_byte_order_mark_do_not_change_the_ids(tmp_path):
+    unix = write_corpus(tmp_path / "unix", "a b\n\nc\n", "a\n", "b\n")
+    dos = write_corpus(tmp_path / "dos", "\ufeffa b\r\n\r\nc\r\n".encode("utf-8"), "a\r\n", "b")
+    one, two = prepare(find_corpus(unix), tmp_path / "o1"), prepare(find_corpus(dos), tmp_path / "o2")
+    for split in ("train", "valid", "test"):
+        assert two.split(split).tolist() == one.split(split).tolist()  # a last line without \n still gets <eos>
+    assert two.vocab == one.vocab
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"min_count": 0}, "--min-count must be at least 1"), ({"max_size": 2}, "--max-size 2 leaves no room"),
+     ({"bpe": 2}, "--bpe 2 is too small"), ({"bpe": 100, "max_size": 50}, "--max-size is for word vocabularies")],
+)
+def test_bad_vocabulary_options_fail_before_reading(tiny, tmp_path, options, message):
+    with pytest.raises(DataError, match=message):
+        prepare(find_corpus(tiny), tmp_path / "out", **options)
+    assert not list(tmp_path.glob("*out*"))

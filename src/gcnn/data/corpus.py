@@ -198,8 +198,7 @@ def prepare(
     folder, which is replaced only once the new one is complete.
     """
     out = Path(out)
-    if bpe is not None and max_size is not None:
-        raise DataError("--max-size is for word vocabularies; with --bpe the vocabulary size is the --bpe value")
+    _check_options(corpus, min_count, max_size, bpe)
     _check_destination(out, overwrite)
     _check_files(corpus)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +228,19 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PreparedData.open(out)
+
+
+def _check_options(corpus: Corpus, min_count: int, max_size: int | None, bpe: int | None) -> None:
+    """Reject bad vocabulary options before reading anything."""
+    specials = 3 if corpus.bos else 2
+    if min_count < 1:
+        raise DataError(f"--min-count must be at least 1, got {min_count}")
+    if max_size is not None and max_size <= specials:
+        raise DataError(f"--max-size {max_size} leaves no room for words next to the {specials} special tokens")
+    if bpe is not None and max_size is not None:
+        raise DataError("--max-size is for word vocabularies; with --bpe the vocabulary size is the --bpe value")
+    if bpe is not None and bpe <= specials:
+        raise DataError(f"--bpe {bpe} is too small: at least {specials + 1} pieces are needed")
 
 
 def _word_vocabulary(

@@ -118,7 +118,7 @@ def fairseq_log_probs(state, spec, tokens, cutoffs=None):
 
 
 def write_dictionary(path, words=WORDS):
-    path.write_text("".join(f"w{i} {1000 - i}\n" for i in range(words)), encoding="utf-8")
+    path.write_text("".join(f"w{i} {words - i}\n" for i in range(words)), encoding="utf-8")
     return path
 
 

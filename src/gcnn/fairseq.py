@@ -295,7 +295,7 @@ def _decoder_state(model_state: Mapping[str, Any], path: str | Path) -> dict[str
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: decoder entries that are not tensors: {', '.join(bad[:5])}")
-    return {k: v.detach().to(torch.float64) for k, v in state.items()}
+    return {k: v.detach().to(torch.float32) for k, v in state.items()}
 
 
 def _check_shapes(expected: dict[str, Tensor], converted: dict[str, Tensor], path: str | Path) -> None:
@@ -315,7 +315,8 @@ def _weight_norm(v: Tensor, g: Tensor, dim: int) -> Tensor:
 
 
 class _Converter:
-    """Maps fairseq decoder tensors (float64, without the ``decoder.`` prefix) to a gcnn state dict."""
+    """Maps fairseq decoder tensors (without the ``decoder.`` prefix) to a gcnn state dict; folds are computed in
+    float64."""
 
     def __init__(self, state: dict[str, Tensor], layers: list[FairseqLayer], source: str) -> None:
         self.state, self.layers, self.source = state, layers, source
@@ -338,12 +339,12 @@ class _Converter:
         return {f"{target}.weight_v": v.unsqueeze(-1), f"{target}.weight_g": g.reshape(-1), f"{target}.bias": self.take(f"{name}.bias")}
 
     def linear(self, name: str) -> tuple[Tensor, Tensor]:
-        """A weight-normalized fairseq Linear as its effective (out, in) weight and bias."""
+        """A (weight-normalized) fairseq Linear as its effective (out, in) weight and bias, in float64."""
         if f"{name}.weight_v" in self.state:
-            weight = _weight_norm(self.take(f"{name}.weight_v"), self.take(f"{name}.weight_g"), 0)
+            weight = _weight_norm(self.take(f"{name}.weight_v").double(), self.take(f"{name}.weight_g").double(), 0)
         else:
-            weight = self.take(f"{name}.weight")
-        return weight, self.take(f"{name}.bias")
+            weight = self.take(f"{name}.weight").double()
+        return weight, self.take(f"{name}.bias").double()
 
     # ---- config
     def config(self, options: dict[str, Any]) -> ModelConfig:
@@ -412,7 +413,7 @@ class _Converter:
         embed = self.take("embed_tokens.weight")
         if model.input_proj is None:  # as wide as the first convolution: fold fc1 into the table
             weight, bias = self.linear("fc1")
-            out["embed.weight"] = embed @ weight.T + bias
+            out["embed.weight"] = embed.double() @ weight.T + bias
         else:
             out["embed.weight"] = embed
             out.update(self.linear_as_conv("fc1", "input_proj"))
@@ -428,7 +429,7 @@ class _Converter:
             )
         if self.conv_norm_dim == 2:
             return {f"{name}.weight_v": v.permute(2, 1, 0), f"{name}.weight_g": g.reshape(-1), f"{name}.bias": bias}
-        weight = _weight_norm(v, g, 0).permute(2, 1, 0)  # norm per kernel tap: refactor per output channel
+        weight = _weight_norm(v.double(), g.double(), 0).permute(2, 1, 0)  # norm per kernel tap: refactor per channel
         return {f"{name}.weight_v": weight, f"{name}.weight_g": weight.flatten(1).norm(dim=1), f"{name}.bias": bias}
 
     def output_layer(self, model: GatedConvLM, out: dict[str, Tensor]) -> None:

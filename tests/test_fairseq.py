@@ -44,7 +44,8 @@ def fairseq_state(spec, vocab_size, embed_dim, *, cutoffs=None, conv_version=2, 
     def rand(*shape, scale=0.5):
         return torch.randn(*shape, generator=gen) * scale
 
-    state = {"decoder.version": torch.tensor([float(conv_version)]), "decoder.embed_tokens.weight": rand(vocab_size, embed_dim)}
+    state = {"decoder.version": torch.tensor([float(conv_version)])}
+    state["decoder.embed_tokens.weight"] = rand(vocab_size, embed_dim)
 
     def linear(name, fan_in, fan_out):  # nn.utils.weight_norm(nn.Linear): weight_g (out, 1), weight_v (out, in)
         state[f"decoder.{name}.weight_v"] = rand(fan_out, fan_in)
@@ -175,7 +176,8 @@ def test_cli_writes_a_pretrained_folder_with_the_same_log_probs(tmp_path, capsys
     assert "fconv_lm" in card and "/data/wiki103" in card and "not measured" in card
     tokens = torch.randint(0, 4 + WORDS, (2, 9))
     with torch.no_grad():
-        assert torch.allclose(model.next_token_log_probs(tokens), fairseq_log_probs(state, SPEC, tokens, (10, 30)), atol=1e-5)
+        expected = fairseq_log_probs(state, SPEC, tokens, (10, 30))
+        assert torch.allclose(model.next_token_log_probs(tokens), expected, atol=1e-5)
 
 
 def test_paper_layer_specs_map_to_the_named_architectures():
@@ -189,8 +191,10 @@ def test_paper_layer_specs_map_to_the_named_architectures():
 
 
 def test_layer_spec_parser_accepts_only_literals():
-    assert parse_layer_spec("[(4, 3)] * 2 + [(8, 1, 0)]") == [FairseqLayer(4, 3, 1), FairseqLayer(4, 3, 1), FairseqLayer(8, 1, 0)]
-    for bad in ("__import__('os').system('true')", "[(4, 3)] * 10**9", "[(4, 3, -1)]", "[]", "[(4,)]", "[(4, 3)] * 99999"):
+    expected = [FairseqLayer(4, 3, 1), FairseqLayer(4, 3, 1), FairseqLayer(8, 1, 0)]
+    assert parse_layer_spec("[(4, 3)] * 2 + [(8, 1, 0)]") == expected
+    bad_specs = ("__import__('os').system('true')", "[(4, 3)] * 10**9", "[(4, 3, -1)]", "[]", "[(4,)]", "[(4, 3)] * 99999")
+    for bad in bad_specs:
         with pytest.raises(CheckpointError, match="decoder_layers"):
             parse_layer_spec(bad)
 
@@ -228,7 +232,8 @@ def test_damaged_and_truncated_checkpoints(tmp_path):
 
 def test_dictionary_of_another_size_names_both_sizes(tmp_path):
     ckpt = write_checkpoint(tmp_path / "c.pt", fairseq_state(SPEC, 4 + WORDS, 8, cutoffs=(10,)))
-    with pytest.raises(CheckpointError, match=r"4 special symbols \+ 40 words = 44 tokens, but the embedding .* has 50 rows"):
+    message = r"4 special symbols \+ 40 words = 44 tokens, but the embedding .* has 50 rows"
+    with pytest.raises(CheckpointError, match=message):
         import_fairseq(ckpt, write_dictionary(tmp_path / "dict.txt", words=40))
 
 

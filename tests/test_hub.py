@@ -33,7 +33,8 @@ def make_run(tmp_path, model, vocab, *, best_ppl=123.456):
     gcnn.save_model(model, run)
     vocab.save(run / "vocab.json")
     (run / "run.json").write_text(json.dumps({
-        "format": "gcnn-run", "status": "finished", "train_config": {"model": {"arch": "gcnn-tiny"}, "optimizer": "nesterov", "lr": 1.0, "context": 64},
+        "format": "gcnn-run", "status": "finished",
+        "train_config": {"model": {"arch": "gcnn-tiny"}, "optimizer": "nesterov", "lr": 1.0, "context": 64},
         "data": {"path": "/data/tiny", "mode": "stream", "vocab_size": V, "vocab_sha256": "ab" * 32},
         "updates": 40, "tokens": 10240, "best_valid_ppl": best_ppl,
     }))
@@ -43,7 +44,8 @@ def make_run(tmp_path, model, vocab, *, best_ppl=123.456):
 def test_round_trip_gives_the_same_model_and_vocabulary(tmp_path, model):
     vocab = vocabulary()
     out = model.save_pretrained(tmp_path / "pretrained", vocab)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "SHA256SUMS", "config.json", "model.safetensors", "vocab.json"]
+    files = ["README.md", "SHA256SUMS", "config.json", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in out.iterdir()) == files
     loaded = gcnn.GatedConvLM.from_pretrained(out)
     _, loaded_vocab = load_pretrained(out)
     assert loaded_vocab == vocab and not loaded.training
@@ -102,7 +104,7 @@ def test_vocabulary_of_another_size_names_both_sizes(tmp_path, model):
     out = save_pretrained(model, tmp_path / "p", vocabulary())
     vocabulary(V + 7).save(out / "vocab.json")
     write_checksums(out)
-    with pytest.raises(CheckpointError, match=r"vocab.json: the vocabulary has 107 tokens but .*config.json has vocab_size 100"):
+    with pytest.raises(CheckpointError, match=r"vocab.json: the vocabulary has 107 tokens but .*json has vocab_size 100"):
         from_pretrained(out)
     with pytest.raises(CheckpointError, match="107 tokens but the model was built for vocab_size 100"):
         save_pretrained(model, tmp_path / "q", vocabulary(V + 7))

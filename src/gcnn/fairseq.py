@@ -102,7 +102,9 @@ def parse_layer_spec(spec: str) -> list[FairseqLayer]:
     try:
         value = _spec_value(ast.parse(spec.strip(), mode="eval").body)
     except (SyntaxError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"decoder_layers {spec!r}: not a layer list of (channels, kernel[, residual]): {exc}") from None
+        raise CheckpointError(
+            f"decoder_layers {spec!r}: not a layer list of (channels, kernel[, residual]): {exc}"
+        ) from None
     if not isinstance(value, (list, tuple)) or not value:
         raise CheckpointError(f"decoder_layers {spec!r}: expected a non-empty list of layers")
     layers = []
@@ -177,7 +179,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         refused = re.search(r"GLOBAL (\S+)", str(exc))
         if refused is None:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged?): {str(exc).splitlines()[0]}") from None
+            first_line = str(exc).splitlines()[0]
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged?): {first_line}") from None
         raise CheckpointError(
             f"{path}: refused to unpickle a {refused.group(1)} object; only tensors, plain containers, "
             "argparse.Namespace and numpy scalars are read, so that no code from the file runs"
@@ -274,14 +277,14 @@ def import_fairseq(checkpoint_path: str | Path, dictionary_path: str | Path) -> 
 def _layer_spec(options: dict[str, Any], arch: str, path: str | Path) -> str:
     spec = options.get("decoder_layers") or ARCH_LAYERS.get(arch)
     if spec is None:
-        raise CheckpointError(f"{path}: the checkpoint's options have no decoder_layers and {arch!r} has no known default")
+        raise CheckpointError(f"{path}: the options have no decoder_layers and {arch!r} has no known default")
     return str(spec)
 
 
 def _check_options(options: dict[str, Any], path: str | Path) -> None:
     constant = options.get("normalization_constant", 0.5)
     if constant != 0.5:
-        raise CheckpointError(f"{path}: normalization_constant {constant} (gcnn scales residual sums by sqrt(0.5) only)")
+        raise CheckpointError(f"{path}: normalization_constant {constant} (gcnn scales residual sums by sqrt(0.5))")
     attention = str(options.get("decoder_attention", "False"))
     if "True" in attention:
         raise CheckpointError(f"{path}: decoder attention ({attention}) is not part of a language model gcnn can run")
@@ -304,7 +307,8 @@ def _check_shapes(expected: dict[str, Tensor], converted: dict[str, Tensor], pat
             raise CheckpointError(f"{path}: nothing in the checkpoint for gcnn parameter {name}")
         if tuple(converted[name].shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"{path}: {name} converts to shape {tuple(converted[name].shape)}, the layer spec needs {tuple(tensor.shape)}"
+                f"{path}: {name} converts to shape {tuple(converted[name].shape)}, "
+                f"the layer spec needs {tuple(tensor.shape)}"
             )
 
 
@@ -336,7 +340,8 @@ class _Converter:
         if f"{name}.weight_v" not in self.state:
             return _as_causal_conv(target, *self.linear(name))
         v, g = self.take(f"{name}.weight_v"), self.take(f"{name}.weight_g")
-        return {f"{target}.weight_v": v.unsqueeze(-1), f"{target}.weight_g": g.reshape(-1), f"{target}.bias": self.take(f"{name}.bias")}
+        bias = self.take(f"{name}.bias")
+        return {f"{target}.weight_v": v.unsqueeze(-1), f"{target}.weight_g": g.reshape(-1), f"{target}.bias": bias}
 
     def linear(self, name: str) -> tuple[Tensor, Tensor]:
         """A (weight-normalized) fairseq Linear as its effective (out, in) weight and bias, in float64."""
@@ -353,7 +358,7 @@ class _Converter:
         elif "fc3.bias" in self.state:
             cutoffs = ()
         else:
-            raise CheckpointError(f"{self.source}: neither decoder.adaptive_softmax nor decoder.fc2/fc3: no output layer")
+            raise CheckpointError(f"{self.source}: no output layer (neither decoder.adaptive_softmax nor fc2/fc3)")
         factor = options.get("adaptive_softmax_factor", 4)
         return ModelConfig(
             vocab_size=self.state["embed_tokens.weight"].shape[0],
@@ -420,12 +425,13 @@ class _Converter:
 
     def convolution(self, i: int, name: str) -> dict[str, Tensor]:
         """ConvTBC (k, C_in, C_out) -> gcnn (C_out, C_in, k), keeping weight norm's direction and gain."""
-        v, g, bias = self.take(f"convolutions.{i}.weight_v"), self.take(f"convolutions.{i}.weight_g"), self.take(f"convolutions.{i}.bias")
+        v, g, bias = (self.take(f"convolutions.{i}.{part}") for part in ("weight_v", "weight_g", "bias"))
         layer = self.layers[i]
         if v.dim() != 3 or v.shape[0] != layer.kernel or v.shape[2] != 2 * layer.out_channels:
             raise CheckpointError(
                 f"{self.source}: decoder.convolutions.{i}.weight_v has shape {tuple(v.shape)}, the layer spec "
-                f"({layer.out_channels}, {layer.kernel}, {layer.residual}) needs ({layer.kernel}, C_in, {2 * layer.out_channels})"
+                f"({layer.out_channels}, {layer.kernel}, {layer.residual}) needs "
+                f"({layer.kernel}, C_in, {2 * layer.out_channels})"
             )
         if self.conv_norm_dim == 2:
             return {f"{name}.weight_v": v.permute(2, 1, 0), f"{name}.weight_g": g.reshape(-1), f"{name}.bias": bias}
@@ -463,6 +469,6 @@ def model_card(imported: FairseqImport, checkpoint_path: str | Path) -> ModelCar
     card.notes += [
         "layer spec: " + ", ".join(f"({l.out_channels}, {l.kernel}, {l.residual})" for l in imported.layers),
         "</s> (id 2) is the context before a text's first word, as in fairseq's language-modeling task",
-        "dropout is applied as gcnn places it (also on the adaptive-softmax tails), which matters only for further training",
+        "dropout is applied as gcnn places it (also on the adaptive-softmax tails): this matters for further training",
     ]
     return card

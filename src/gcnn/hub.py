@@ -81,18 +81,24 @@ class ModelCard:
 
     def render(self, model: LanguageModel, vocab: Vocabulary) -> str:
         """The README.md text for ``model`` and ``vocab``."""
-        config = model.config
-        rf = model.receptive_field
-        cutoffs = list(getattr(config, "adaptive_cutoffs", ()))
-        rows = [
-            ("model type", getattr(config, "model_type", type(model).__name__)),
-            ("architecture", getattr(config, "arch", None) or "custom"),
-            ("structure", config.describe() if hasattr(config, "describe") else "-"),
-            ("parameters", f"{model.num_parameters():,}"),
-            ("vocabulary", f"{len(vocab):,} tokens"),
-            ("receptive field", f"{rf} tokens" if rf is not None else "unbounded"),
-            ("output layer", f"adaptive softmax, cutoffs {cutoffs}" if cutoffs else "full softmax"),
-        ]
+        perplexity = [(k, f"{v:.2f}") for k, v in self.perplexity.items()]
+        sections = {
+            "Model": _table(("", ""), _model_rows(model, vocab)),
+            "Training data": [self.training_data],
+            "Recipe": [f"- {k}: {_format_value(v)}" for k, v in self.recipe.items()] or ["not recorded"],
+            "Perplexity": _table(("measured on", "perplexity"), perplexity) if perplexity else ["not measured"],
+            "Source": [self.source, *(["", *[f"- {note}" for note in self.notes]] if self.notes else [])],
+            "Use": [
+                "```python",
+                "from gcnn.hub import load_pretrained",
+                "",
+                'model, vocab = load_pretrained("THIS_FOLDER")',
+                "```",
+                "",
+                f"Files: `{CONFIG_NAME}` (config), `{WEIGHTS_NAME}` (weights), `{VOCAB_FILE}` (vocabulary), "
+                f"`{CHECKSUMS_NAME}` (check with `sha256sum -c {CHECKSUMS_NAME}`).",
+            ],
+        }
         lines = [
             "---",  # Hugging Face model-card metadata
             "library_name: gcnn",
@@ -104,49 +110,15 @@ class ModelCard:
             f"A language model saved by gcnn {__version__}, the library for Gated Convolutional Networks "
             "(Dauphin et al., 2017, https://arxiv.org/abs/1612.08083).",
             "",
-            "## Model",
-            "",
-            "| | |",
-            "|---|---|",
-            *[f"| {name} | {value} |" for name, value in rows],
-            "",
-            "## Training data",
-            "",
-            self.training_data,
-            "",
-            "## Recipe",
-            "",
-            *([f"- {k}: {_format_value(v)}" for k, v in self.recipe.items()] or ["not recorded"]),
-            "",
-            "## Perplexity",
-            "",
-            *(
-                ["| measured on | perplexity |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in self.perplexity.items()]]
-                if self.perplexity
-                else ["not measured"]
-            ),
-            "",
-            "## Source",
-            "",
-            self.source,
-            *(["", *[f"- {note}" for note in self.notes]] if self.notes else []),
-            "",
-            "## Use",
-            "",
-            "```python",
-            "from gcnn.hub import load_pretrained",
-            "",
-            'model, vocab = load_pretrained("THIS_FOLDER")',
-            "```",
-            "",
-            f"Files: `{CONFIG_NAME}` (config), `{WEIGHTS_NAME}` (weights), `{VOCAB_FILE}` (vocabulary), "
-            f"`{CHECKSUMS_NAME}` (check with `sha256sum -c {CHECKSUMS_NAME}`).",
-            "",
         ]
+        for title, body in sections.items():
+            lines += [f"## {title}", "", *body, ""]
         return "\n".join(lines)
 
 
-def save_pretrained(model: LanguageModel, directory: str | Path, vocab: Vocabulary, *, card: ModelCard | None = None) -> Path:
+def save_pretrained(
+    model: LanguageModel, directory: str | Path, vocab: Vocabulary, *, card: ModelCard | None = None
+) -> Path:
     """Write ``model`` with its vocabulary and a model card into ``directory`` (created if needed).
 
     The files are first written to a temporary folder beside ``directory`` and then moved in, checksums last, so an
@@ -155,7 +127,8 @@ def save_pretrained(model: LanguageModel, directory: str | Path, vocab: Vocabula
     directory = Path(directory)
     if len(vocab) != model.config.vocab_size:
         raise CheckpointError(
-            f"the vocabulary has {len(vocab):,} tokens but the model was built for vocab_size {model.config.vocab_size:,}"
+            f"the vocabulary has {len(vocab):,} tokens but the model was built for "
+            f"vocab_size {model.config.vocab_size:,}"
         )
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -178,7 +151,9 @@ def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> tupl
         raise CheckpointError(f"{directory}: no such model folder")
     missing = [name for name in REQUIRED if not (directory / name).is_file()]
     if missing:
-        raise CheckpointError(f"{directory}: missing {', '.join(missing)} (a pretrained folder holds {', '.join(REQUIRED)})")
+        raise CheckpointError(
+            f"{directory}: missing {', '.join(missing)} (a pretrained folder holds {', '.join(REQUIRED)})"
+        )
     verify_checksums(directory, REQUIRED)
     model = load_model(directory, map_location=map_location).eval()
     vocab_path = directory / VOCAB_FILE
@@ -202,7 +177,9 @@ def from_pretrained(directory: str | Path, *, map_location: str = "cpu") -> Lang
 def write_checksums(directory: str | Path) -> Path:
     """(Re)write SHA256SUMS for every file in ``directory``, in ``sha256sum`` format."""
     directory = Path(directory)
-    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != CHECKSUMS_NAME and not p.name.startswith("."))
+    names = sorted(
+        p.name for p in directory.iterdir() if p.is_file() and p.name != CHECKSUMS_NAME and not p.name.startswith(".")
+    )
     text = "".join(f"{file_sha256(directory / name)}  {name}\n" for name in names)
     atomic_write_bytes(directory / CHECKSUMS_NAME, text.encode())
     return directory / CHECKSUMS_NAME
@@ -222,7 +199,9 @@ def verify_checksums(directory: str | Path, names: tuple[str, ...] | None = None
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in {sums_path} but missing")
         if file_sha256(path) != digest:
-            raise CheckpointError(f"{path}: damaged or changed since it was saved (its sha256 differs from {sums_path})")
+            raise CheckpointError(
+                f"{path}: damaged or changed since it was saved (its sha256 differs from {sums_path})"
+            )
 
 
 def _read_checksums(path: Path) -> dict[str, str]:
@@ -255,6 +234,25 @@ def _move_into(staging: Path, directory: Path) -> None:
     (directory / CHECKSUMS_NAME).unlink(missing_ok=True)
     for path in staging.iterdir():
         os.replace(path, directory / path.name)
+
+
+def _model_rows(model: LanguageModel, vocab: Vocabulary) -> list[tuple[str, str]]:
+    config = model.config
+    rf = model.receptive_field
+    cutoffs = list(getattr(config, "adaptive_cutoffs", ()))
+    return [
+        ("model type", getattr(config, "model_type", type(model).__name__)),
+        ("architecture", getattr(config, "arch", None) or "custom"),
+        ("structure", config.describe() if hasattr(config, "describe") else "-"),
+        ("parameters", f"{model.num_parameters():,}"),
+        ("vocabulary", f"{len(vocab):,} tokens"),
+        ("receptive field", f"{rf} tokens" if rf is not None else "unbounded"),
+        ("output layer", f"adaptive softmax, cutoffs {cutoffs}" if cutoffs else "full softmax"),
+    ]
+
+
+def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> list[str]:
+    return [f"| {header[0]} | {header[1]} |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]]
 
 
 def _describe_data(data: Any) -> str:

@@ -74,7 +74,9 @@ def check_exporter() -> None:
     """Raise a clear error when the packages the exporter needs are not installed."""
     missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
     if missing:
-        raise GcnnError(f"ONNX export needs {', '.join(missing)}: pip install 'gcnn[onnx]' (or pip install {' '.join(missing)})")
+        raise GcnnError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'gcnn[onnx]' (or pip install {' '.join(missing)})"
+        )
 
 
 def export_onnx(model: GatedConvLM, directory: str | Path) -> dict[str, Path]:
@@ -109,7 +111,13 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(
-            module.eval(), args, dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes, verbose=False
+            module.eval(),
+            args,
+            dynamo=True,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            verbose=False,
         )
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
         staged = Path(staging) / path.name

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 HELP = "write a run folder's model as a portable pretrained folder with a model card (--onnx: and ONNX graphs)"
-DESCRIPTION = """Write the model of RUN_DIR (a run folder written by `gcnn train`, or any model folder with a vocabulary)
-into OUT_DIR in the layout users know from Hugging Face:
+DESCRIPTION = """Write the model of RUN_DIR (a run folder written by `gcnn train`, or any model folder with a
+vocabulary) into OUT_DIR in the layout users know from Hugging Face:
 
   config.json, model.safetensors   the model (no code runs when they are loaded)
   vocab.json                       the vocabulary

@@ -10,7 +10,8 @@ a time (greedy), in three ways:
 - ``window``: every step runs the model over the last receptive-field tokens (the least a cache-free GCNN can do).
 
 Weights are random (speed does not depend on them); the vocabulary is WikiText-2's 33,278 words. Prints JSON (the
-median tokens/s over --repeats (the methods interleaved) per method, context and model, plus the machine) and draws a PNG (--plot).
+median tokens/s over --repeats, the methods interleaved, per method, context and model, plus the machine) and draws
+a PNG (--plot).
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ METHODS = ("incremental", "window", "full")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--archs", nargs="+", default=["gcnn-small", "gcnn-8"], help="architectures (default: gcnn-small gcnn-8)")
+    p.add_argument(
+        "--archs", nargs="+", default=["gcnn-small", "gcnn-8"], help="architectures (default: gcnn-small gcnn-8)"
+    )
     p.add_argument("--vocab-size", type=int, default=33278)
-    p.add_argument("--contexts", type=int, nargs="+", default=[32, 128, 512], help="context lengths L before generating")
+    p.add_argument(
+        "--contexts", type=int, nargs="+", default=[32, 128, 512], help="context lengths L before generating"
+    )
     p.add_argument("--new-tokens", type=int, default=8, help="tokens generated per measurement (default: 8)")
     p.add_argument("--repeats", type=int, default=3, help="measurements per point; the median is reported (default: 3)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
@@ -74,7 +79,9 @@ def time_generation(model: gcnn.LanguageModel, context: torch.Tensor, new_tokens
         return time.perf_counter() - start
 
 
-def measure_point(model: gcnn.LanguageModel, context: torch.Tensor, new_tokens: int, repeats: int) -> dict[str, list[float]]:
+def measure_point(
+    model: gcnn.LanguageModel, context: torch.Tensor, new_tokens: int, repeats: int
+) -> dict[str, list[float]]:
     """Seconds per measurement for each method; the repeats interleave the methods, so that a slow spell of a
     shared machine hits all of them alike."""
     time_generation(model, context, 2, "incremental")  # warm-up
@@ -121,7 +128,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         for method in METHODS:
-            points = [(r["context"], r["tokens_per_second"]) for r in rows if r["arch"] == arch and r["method"] == method]
+            points = [
+                (r["context"], r["tokens_per_second"]) for r in rows if r["arch"] == arch and r["method"] == method
+            ]
             ax.plot(*zip(*points), marker="o", label=method)
         ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="tokens/s (batch 1)", title=arch)
         contexts = sorted({r["context"] for r in rows})
@@ -152,11 +161,25 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r["method"] == "incremental":
             for other in ("full", "window"):
-                base = next(o for o in rows if o["arch"] == r["arch"] and o["context"] == r["context"] and o["method"] == other)
-                speedups[f"{r['arch']} L={r['context']} vs {other}"] = r["tokens_per_second"] / base["tokens_per_second"]
-    report = {"machine": machine, "new_tokens": args.new_tokens, "repeats": args.repeats, "results": rows, "speedup": speedups}
+                base = next(
+                    o for o in rows if o["arch"] == r["arch"] and o["context"] == r["context"] and o["method"] == other
+                )
+                speedups[f"{r['arch']} L={r['context']} vs {other}"] = (
+                    r["tokens_per_second"] / base["tokens_per_second"]
+                )
+    report = {
+        "machine": machine,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "results": rows,
+        "speedup": speedups,
+    }
     print(json.dumps(report, indent=2))
-    plot(rows, args.plot, f"batch-1 greedy generation, {machine['device']}, threads: {args.threads}, {machine['date']} (shared machine)")
+    plot(
+        rows,
+        args.plot,
+        f"batch-1 greedy generation, {machine['device']}, threads: {args.threads}, {machine['date']} (shared machine)",
+    )
     print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 

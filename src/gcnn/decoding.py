@@ -128,7 +128,9 @@ def generate(
         while not all(done):
             if banned_ids:
                 log_probs[:, list(banned_ids)] = float("-inf")
-            chosen = choose_next(log_probs, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator).tolist()
+            chosen = choose_next(
+                log_probs, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            ).tolist()
             column = []
             for row, prompt in enumerate(prompts):
                 if position < lengths[row]:
@@ -154,7 +156,9 @@ def encode_prompt(vocab: "Vocabulary", text: str) -> list[int]:
     unknown = [t for t in tokens if t not in vocab.stoi]
     if unknown:
         shown = ", ".join(repr(t) for t in dict.fromkeys(unknown[:10]))
-        warnings.warn(f"prompt words not in the vocabulary, fed as {vocab.unk}: {shown}", UnknownWordWarning, stacklevel=2)
+        warnings.warn(
+            f"prompt words not in the vocabulary, fed as {vocab.unk}: {shown}", UnknownWordWarning, stacklevel=2
+        )
     start = vocab.eos_id if vocab.bos_id is None else vocab.bos_id
     return [start] + vocab.encode(tokens)
 

@@ -345,7 +345,12 @@ def _sum_nll(
 
 
 def evaluate_split(
-    model: LanguageModel, data: "PreparedData | str | Path", split: str = "test", *, mode: str | None = None, **options: Any
+    model: LanguageModel,
+    data: "PreparedData | str | Path",
+    split: str = "test",
+    *,
+    mode: str | None = None,
+    **options: Any,
 ) -> Perplexity:
     """Perplexity on a split of a prepared-data folder, in its own mode unless ``mode`` is given; ``options`` as for
     :func:`perplexity`. Refuses data whose vocabulary size differs from the model's."""

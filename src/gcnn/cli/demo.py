@@ -23,7 +23,9 @@ PROMPTS = ("", "To be", "My lord")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/shakespeare-demo", help="run folder (default: runs/shakespeare-demo)")
-    p.add_argument("--data", default="data/shakespeare", help="prepared-data folder, made if missing (default: data/shakespeare)")
+    p.add_argument(
+        "--data", default="data/shakespeare", help="prepared-data folder, made if missing (default: data/shakespeare)"
+    )
     p.add_argument("--minutes", type=float, default=7.0, help="training time in minutes (default: 7)")
     p.add_argument("--max-updates", type=int, metavar="N", help="also stop training after N updates")
     p.add_argument("--config", metavar="FILE.toml", help=f"training recipe (default: {RECIPE})")
@@ -50,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
     model, vocab = evaluate(out, data)
     print(f"\n[4/4] {args.samples} samples (top-k 40, temperature 0.8, {args.sample_tokens} tokens each)")
     print_samples(model, vocab, args.samples, args.sample_tokens, args.seed)
-    print(f"\nrun folder      {out}  ({result.updates} updates, {result.epochs:.2f} epochs, {result.seconds / 60:.1f} min)")
+    print(
+        f"\nrun folder      {out}  "
+        f"({result.updates} updates, {result.epochs:.2f} epochs, {result.seconds / 60:.1f} min)"
+    )
     print(f"metrics         {out / 'metrics.jsonl'}")
     print(f"learning curve  {out / 'learning_curve.png'}")
-    print(f"next            gcnn generate {out} --prompt \"To be\" --top-k 40 --max-tokens 60")
+    print(f'next            gcnn generate {out} --prompt "To be" --top-k 40 --max-tokens 60')
     print(f"                gcnn eval {out} --data {data.path} --split test")
     return 0
 
@@ -137,7 +142,9 @@ def print_samples(model, vocab, count: int, tokens: int, seed: int) -> None:
     from gcnn.decoding import generate_text
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
-    texts = generate_text(model, vocab, prompts, max_tokens=tokens, top_k=40, temperature=0.8, seed=seed, allow_unk=False)
+    texts = generate_text(
+        model, vocab, prompts, max_tokens=tokens, top_k=40, temperature=0.8, seed=seed, allow_unk=False
+    )
     for i, (prompt, text) in enumerate(zip(prompts, texts), start=1):
         body = f"{prompt} {text}".strip()
         print(f"--- sample {i}" + (f" (prompt: {prompt!r})" if prompt else ""))

@@ -19,14 +19,18 @@ example:  gcnn eval runs/shakespeare-demo --data data/shakespeare --split test -
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train` (config.json, model.safetensors, vocab)")
+    p.add_argument(
+        "run", metavar="RUN_DIR", help="run folder written by `gcnn train` (config.json, model.safetensors, vocab)"
+    )
     p.add_argument("--data", required=True, metavar="PREPARED", help="prepared-data folder written by `gcnn prepare`")
     p.add_argument("--split", default="test", help="train, valid or test (default: test)")
     p.add_argument("--mode", choices=("stream", "sentence"), help="default: the prepared data's mode")
     p.add_argument("--context", type=int, metavar="N", help="stream mode: input tokens each prediction sees at least")
     p.add_argument("--stride", type=int, metavar="N", help="stream mode: targets scored per window")
     p.add_argument("--exclude-unk", action="store_true", help="leave <unk> targets out of the perplexity")
-    p.add_argument("--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)")
+    p.add_argument(
+        "--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)"
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; default fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")

@@ -21,8 +21,10 @@ example:  gcnn generate runs/shakespeare-demo --prompt "KING HENRY :" --max-toke
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train`")
-    p.add_argument("--prompt", action="append", metavar="TEXT", help='a prompt (repeatable; default: one empty prompt)')
-    p.add_argument("--max-tokens", type=int, default=50, metavar="N", help="tokens to generate per prompt (default: 50)")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; default: one empty prompt)")
+    p.add_argument(
+        "--max-tokens", type=int, default=50, metavar="N", help="tokens to generate per prompt (default: 50)"
+    )
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="continuations per prompt (default: 1)")
     p.add_argument("--greedy", action="store_true", help="always take the most probable token")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default: 1.0)")
@@ -30,7 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, metavar="P", help="sample among the most probable tokens up to probability P")
     p.add_argument("--seed", type=int, help="random seed for sampling")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--stop-at-eos", dest="stop_at_eos", action="store_true", default=None, help="stop a sample at the end-of-line token")
+    stop.add_argument(
+        "--stop-at-eos",
+        dest="stop_at_eos",
+        action="store_true",
+        default=None,
+        help="stop a sample at the end-of-line token",
+    )
     stop.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="continue past it")
     p.add_argument("--no-unk", action="store_true", help="never generate <unk>")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")

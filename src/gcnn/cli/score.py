@@ -26,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train`")
     p.add_argument("--input", metavar="FILE", help="read this UTF-8 file instead of stdin")
     p.add_argument("--per-token", action="store_true", help="add each token's log-probability")
-    p.add_argument("--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)")
+    p.add_argument(
+        "--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)"
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; default fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
@@ -47,7 +49,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         stream, name = sys.stdin.buffer, "<stdin>"
     with stream:
-        scores = score_texts(model, vocab, read_lines(stream, name), per_token=args.per_token, batch_tokens=args.batch_tokens, bf16=args.bf16)
+        scores = score_texts(
+            model,
+            vocab,
+            read_lines(stream, name),
+            per_token=args.per_token,
+            batch_tokens=args.batch_tokens,
+            bf16=args.bf16,
+        )
         for number, score in enumerate(scores, start=1):
             sys.stdout.write(json.dumps({"line": number, **score.to_dict()}, ensure_ascii=False) + "\n")
     sys.stdout.flush()

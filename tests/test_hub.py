@@ -161,3 +161,27 @@ def test_export_command_errors(tmp_path, model, capsys):
     assert main(["export", str(run), str(tmp_path / "out")]) == 2
     assert "missing vocab.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_measures_perplexity_on_prepared_data_for_the_card(tmp_path, capsys):
+    from gcnn.data import PreparedData
+    from gcnn.evaluate import evaluate_split
+
+    for split, lines in (("train", 60), ("valid", 10), ("test", 10)):
+        (tmp_path / f"{split}.txt").write_text("".join(f"a b c d{i % 7} e\n" for i in range(lines)))
+    data = tmp_path / "prepared"
+    args = ["prepare", "--train", str(tmp_path / "train.txt"), "--valid", str(tmp_path / "valid.txt")]
+    assert main([*args, "--test", str(tmp_path / "test.txt"), "--out", str(data), "--quiet"]) == 0
+    vocab = PreparedData.open(data).vocab
+    torch.manual_seed(0)
+    model = gcnn.build_model("gcnn-tiny", vocab_size=len(vocab)).eval()
+    run = make_run(tmp_path, model, vocab)
+    assert main(["export", str(run), str(tmp_path / "out"), "--eval-data", str(data)]) == 0
+    expected = evaluate_split(model, data, "test").perplexity
+    assert f"test perplexity on {data}: {expected:.2f}" in capsys.readouterr().out
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"| test split of `{data}` (stream mode, 60 tokens) | {expected:.2f} |" in card
+    # data prepared with another vocabulary is refused, naming both sizes
+    run2 = make_run(tmp_path / "other", gcnn.build_model("gcnn-tiny", vocab_size=V), vocabulary())
+    assert main(["export", str(run2), str(tmp_path / "out2"), "--eval-data", str(data)]) == 2
+    assert f"its vocabulary ({len(vocab)} tokens) is not the model's (100 tokens)" in capsys.readouterr().err

@@ -79,6 +79,21 @@ class ModelCard:
             card.perplexity["validation, best checkpoint"] = float(run["best_valid_ppl"])
         return card
 
+    def measure_perplexity(self, model: LanguageModel, vocab: Vocabulary, data: str | Path, split: str = "test") -> float:
+        """Measure the perplexity of ``model`` on a split of a prepared-data folder (whose vocabulary must be
+        ``vocab``), record it in the card and return it."""
+        from gcnn.data import PreparedData
+        from gcnn.evaluate import evaluate_split
+
+        prepared = PreparedData.open(data)
+        if prepared.vocab != vocab:
+            raise CheckpointError(
+                f"{data}: its vocabulary ({len(prepared.vocab):,} tokens) is not the model's ({len(vocab):,} tokens)"
+            )
+        result = evaluate_split(model, prepared, split)
+        self.perplexity[f"{split} split of `{data}` ({result.mode} mode, {result.tokens:,} tokens)"] = result.perplexity
+        return result.perplexity
+
     def render(self, model: LanguageModel, vocab: Vocabulary) -> str:
         """The README.md text for ``model`` and ``vocab``."""
         perplexity = [(k, f"{v:.2f}") for k, v in self.perplexity.items()]
@@ -269,4 +284,6 @@ def _describe_data(data: Any) -> str:
 
 
 def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)

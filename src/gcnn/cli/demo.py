@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", default="data/shakespeare", help="prepared-data folder, made if missing (default: data/shakespeare)"
     )
-    p.add_argument("--minutes", type=float, default=7.0, help="training time in minutes (default: 7)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time in minutes (default: 8)")
     p.add_argument("--max-updates", type=int, metavar="N", help="also stop training after N updates")
     p.add_argument("--config", metavar="FILE.toml", help=f"training recipe (default: {RECIPE})")
     p.add_argument("--arch", help="architecture instead of the recipe's")

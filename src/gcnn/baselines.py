@@ -80,7 +80,9 @@ class _BaselineConfig:
         known = _init_fields(cls)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown model key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown model key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            )
         if "vocab_size" not in data:
             raise ConfigError(f"{source}: missing required model key 'vocab_size'")
         try:
@@ -92,7 +94,9 @@ class _BaselineConfig:
         """A copy with some fields changed (validated again). Unknown field names raise ConfigError."""
         unknown = sorted(set(overrides) - _init_fields(type(self)))
         if unknown:
-            raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(_init_fields(type(self))))}")
+            raise ConfigError(
+                f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(_init_fields(type(self))))}"
+            )
         return dataclasses.replace(self, **overrides)
 
     def _softmax_text(self) -> str:
@@ -124,7 +128,9 @@ class LSTMConfig(_BaselineConfig):
         _check_int("num_layers", self.num_layers, minimum=1)
         _check_int("proj_size", self.proj_size, minimum=0)
         if self.proj_size >= self.hidden_dim:
-            raise ConfigError(f"proj_size ({self.proj_size}) must be smaller than hidden_dim ({self.hidden_dim}), or 0 for none")
+            raise ConfigError(
+                f"proj_size ({self.proj_size}) must be smaller than hidden_dim ({self.hidden_dim}), or 0 for none"
+            )
 
     @property
     def output_dim(self) -> int:
@@ -212,7 +218,9 @@ class LSTMLM(LanguageModel):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
             proj_size=config.proj_size,
         )
-        self.softmax = build_softmax(config.output_dim, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div, config.dropout)
+        self.softmax = build_softmax(
+            config.output_dim, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div, config.dropout
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -323,7 +331,9 @@ class TransformerLM(LanguageModel):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.embed_dim)
-        self.softmax = build_softmax(config.output_dim, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div, config.dropout)
+        self.softmax = build_softmax(
+            config.output_dim, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div, config.dropout
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -333,7 +343,12 @@ class TransformerLM(LanguageModel):
         for embedding in (self.embed, self.positions):
             nn.init.normal_(embedding.weight, 0.0, 0.02)
         for block in self.blocks:
-            for linear, std in ((block.attention.qkv, 0.02), (block.attention.out, residual_std), (block.ff[0], 0.02), (block.ff[2], residual_std)):
+            for linear, std in (
+                (block.attention.qkv, 0.02),
+                (block.attention.out, residual_std),
+                (block.ff[0], 0.02),
+                (block.ff[2], residual_std),
+            ):
                 nn.init.normal_(linear.weight, 0.0, std)
                 nn.init.zeros_(linear.bias)
 
@@ -381,7 +396,9 @@ def _arch_factory(name: str, config_cls: type[C], fields: dict[str, Any]) -> Cal
         allowed = _init_fields(config_cls) - {"vocab_size", "arch"}
         unknown = sorted(set(overrides) - allowed)
         if unknown:
-            raise ConfigError(f"unknown model option(s) {', '.join(unknown)} for {name}; known: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"unknown model option(s) {', '.join(unknown)} for {name}; known: {', '.join(sorted(allowed))}"
+            )
         values = dict(fields)
         if "adaptive_cutoffs" not in overrides:
             values["adaptive_cutoffs"] = fit_cutoffs(values.get("adaptive_cutoffs", ()), vocab_size)
@@ -414,7 +431,15 @@ BASELINES: dict[str, tuple[str, type, dict[str, Any]]] = {
     "transformer-small": (
         "Transformer baseline: 6 pre-LN layers, width 512, 8 heads, ff 2048, 512 positions",
         TransformerConfig,
-        dict(embed_dim=512, num_layers=6, num_heads=8, ff_dim=2048, max_len=512, dropout=0.1, adaptive_cutoffs=WIKITEXT_CUTOFFS),
+        dict(
+            embed_dim=512,
+            num_layers=6,
+            num_heads=8,
+            ff_dim=2048,
+            max_len=512,
+            dropout=0.1,
+            adaptive_cutoffs=WIKITEXT_CUTOFFS,
+        ),
     ),
     "lstm-tiny": (
         "LSTM test preset: seconds per step",

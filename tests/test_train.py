@@ -1,5 +1,6 @@
 """Training end to end on a tiny corpus: the run folder, exact resume, accumulation, robustness, signals, the CLI."""
 
+import io
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from gcnn.data import find_corpus, prepare
 from gcnn.errors import CheckpointError, ConfigError, GcnnError
 from gcnn.train import TrainingError, build_config, load_run_config, train
 from gcnn.train import checkpoint as ckpt
-from gcnn.train.monitor import read_metrics
+from gcnn.train.monitor import Progress, read_metrics
 
 
 def write_corpus(folder: Path) -> dict:
@@ -317,3 +318,21 @@ def test_cli_rejects_bad_settings_with_exit_2(prepared, tmp_path, capsys, args, 
     assert main(["train", *cli_args(prepared, tmp_path / "r"), "--max-updates", "1", *args]) == 2
     assert message in capsys.readouterr().err
     assert not ckpt.list_checkpoints(tmp_path / "r")
+
+
+def test_progress_bar_shows_throughput_loss_perplexity_and_time_left():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = Progress(100, 0, every=10, quiet=False, stream=screen, minutes=5)
+    bar.update(3, loss=math.log(150.0), tokens_per_s=1234.0, lr=0.01)
+    bar.close()
+    shown = screen.getvalue()
+    assert "3/100" in shown and "1,234 tok/s" in shown and "ppl 150.0" in shown and " left" in shown
+    lines = io.StringIO()
+    quiet = Progress(0, 0, every=2, quiet=True, stream=lines, minutes=1)
+    for update in (1, 2, 3, 4):
+        quiet.update(update, loss=1.0, tokens_per_s=10.0, lr=0.1)
+    assert lines.getvalue().count("\n") == 2 and "update 4: loss 1.000" in lines.getvalue()

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from gcnn.io import atomic_write_bytes
+
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
 
@@ -76,7 +78,7 @@ def truncate_metrics(run_dir: Path, update: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run_dir) if r.get("update", 0) <= update]
-    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def plot_learning_curve(run_dir: Path) -> None:
@@ -109,36 +111,34 @@ def plot_learning_curve(run_dir: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    from gcnn.io import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
 class Progress:
     """A tqdm bar on stderr (tokens/s, loss, perplexity, time left) when stderr is a terminal; otherwise, or with
-    ``quiet``, one log line every ``every`` updates (none at all with ``silent``)."""
+    ``quiet``, one log line every ``every`` updates (none at all with ``silent``).
+
+    ``total`` is the number of updates the run will reach (0 if only a time limit bounds it); ``minutes`` is that
+    time limit (0: none). Time left is the sooner of the two estimates."""
 
     def __init__(self, total: int, done: int, *, every: int, quiet: bool, silent: bool = False,
-                 stream: TextIO | None = None) -> None:
+                 minutes: float = 0.0, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.total, self.every, self.silent = total, every, silent
         self._start, self._start_done = time.monotonic(), done
+        self._deadline = self._start + 60 * minutes if minutes else math.inf
         self._bar = None
         if not (quiet or silent) and self.stream.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=done, unit="upd", file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total or None, initial=done, file=self.stream, dynamic_ncols=True,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} updates [{elapsed}{postfix}]")
 
     def update(self, done: int, *, loss: float, tokens_per_s: float, lr: float) -> None:
+        stats = f"loss {loss:.3f}, ppl {perplexity(loss):.1f}, lr {lr:.3g}, {tokens_per_s:,.0f} tok/s"
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
-            self._bar.set_postfix_str(f"{tokens_per_s:,.0f} tok/s, loss {loss:.3f}, ppl {perplexity(loss):.1f}, lr {lr:.2g}")
+            self._bar.set_postfix_str(f"{self._time_left(done)} left, {stats}", refresh=True)
         elif not self.silent and done % self.every == 0:
-            self.log(
-                f"update {done}/{self.total}: loss {loss:.3f}, ppl {perplexity(loss):.1f}, lr {lr:.3g}, "
-                f"{tokens_per_s:,.0f} tok/s, {self._time_left(done)} left"
-            )
+            of = f"/{self.total}" if self.total else ""
+            self.log(f"update {done}{of}: {stats}, {self._time_left(done)} left")
 
     def log(self, message: str) -> None:
         if self.silent:
@@ -149,11 +149,14 @@ class Progress:
             print(message, file=self.stream, flush=True)
 
     def _time_left(self, done: int) -> str:
-        elapsed = time.monotonic() - self._start
-        rate = (done - self._start_done) / elapsed if elapsed > 0 else 0
-        if rate <= 0:
+        now = time.monotonic()
+        left = self._deadline - now
+        rate = (done - self._start_done) / (now - self._start) if now > self._start else 0.0
+        if self.total and rate > 0:
+            left = min(left, (self.total - done) / rate)
+        if not math.isfinite(left):
             return "?"
-        seconds = int((self.total - done) / rate)
+        seconds = max(0, int(left))
         return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
     def close(self) -> None:

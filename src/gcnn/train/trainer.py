@@ -175,7 +175,7 @@ class Trainer:
             self._start_fresh()
         self.metrics = MetricsLog(self.run_dir, config.tensorboard) if ctx.is_main else None
         self.progress = Progress(self._planned_updates(), self.update, every=config.log_every, quiet=quiet,
-                                 silent=silent or not ctx.is_main)
+                                 silent=silent or not ctx.is_main, minutes=config.max_minutes)
         self._window = _Window()
 
     # ------------------------------------------------------------------------------------------- setup
@@ -385,9 +385,28 @@ class Trainer:
         self._window = _Window()
 
     # ------------------------------------------------------------------------------------------- validation
-    @torch.no_grad()
     def _validate(self, *, step_schedule: bool) -> float:
-        """Mean loss per target token over the validation split (or its first valid_max_tokens targets)."""
+        """Validate; step a plateau schedule if this is a scheduled validation; keep the best model; log."""
+        loss = self._validation_loss()
+        self.last_valid = (self.update, loss)
+        if step_schedule:
+            self.schedule.after_validation(loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_update = loss, self.update
+            if self.ctx.is_main:
+                save_model(self.model, self.run_dir)
+        if self.metrics is not None:
+            self.metrics.write({"kind": "valid", "update": self.update, "epoch": self._epochs(),
+                                "tokens": self.tokens, "loss": loss, "ppl": perplexity(loss), "time": self._elapsed()})
+            plot_learning_curve(self.run_dir)
+        self.progress.log(f"update {self.update} (epoch {self._epochs():.2f}): valid loss {loss:.3f}, "
+                          f"ppl {perplexity(loss):.2f} (best {perplexity(self.best_loss):.2f})")
+        return loss
+
+    @torch.no_grad()
+    def _validation_loss(self) -> float:
+        """Mean loss per target token over the validation split (or its first valid_max_tokens targets), with
+        the split's contiguous blocks shared out among the processes."""
         self.model.eval()
         batches = Batches(self.data, split="valid", batch_size=self.micro_batch, context=self.config.context,
                           shuffle=False)
@@ -403,21 +422,7 @@ class Trainer:
             nll -= float(out.target_log_probs.double().sum())
             count += out.num_tokens
         nll, count = distributed.all_sum([nll, count], self.ctx)
-        loss = nll / max(count, 1)
-        self.last_valid = (self.update, loss)
-        if step_schedule:
-            self.schedule.after_validation(loss)
-        if loss < self.best_loss:
-            self.best_loss, self.best_update = loss, self.update
-            if self.ctx.is_main:
-                save_model(self.model, self.run_dir)
-        if self.metrics is not None:
-            self.metrics.write({"kind": "valid", "update": self.update, "epoch": self._epochs(),
-                                "tokens": self.tokens, "loss": loss, "ppl": perplexity(loss), "time": self._elapsed()})
-            plot_learning_curve(self.run_dir)
-        self.progress.log(f"update {self.update} (epoch {self._epochs():.2f}): valid loss {loss:.3f}, "
-                          f"ppl {perplexity(loss):.2f} (best {perplexity(self.best_loss):.2f})")
-        return loss
+        return nll / max(count, 1)
 
     # ------------------------------------------------------------------------------------------- saving
     def _save(self) -> None:

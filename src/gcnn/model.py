@@ -105,7 +105,8 @@ class CausalConv(nn.Module):
         folded away and bf16 weights are not re-cast at every call.
         """
         params = [p for p in (getattr(self, "weight_v", None), getattr(self, "weight_g", None), getattr(self, "weight", None), self.bias) if p is not None]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if tracing or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self.effective_weight().reshape(self.out_channels, -1).to(dtype), self.bias.to(dtype)
         key = (dtype, tuple((p.data_ptr(), p._version) for p in params))
         cached = self.__dict__.get("_inference_weights")

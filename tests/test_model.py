@@ -83,6 +83,10 @@ def test_next_token_log_probs_at_chosen_positions():
     full = model.next_token_log_probs(tokens)
     some = model.next_token_log_probs(tokens, positions=[0, 7, 3])
     assert torch.allclose(some, full[:, [0, 7, 3]], atol=1e-6)
+    last = model.next_token_log_probs(tokens, positions=[-1, -8])
+    assert torch.allclose(last, full[:, [7, 0]], atol=1e-6)
+    with pytest.raises(IndexError, match="out of range"):
+        model.next_token_log_probs(tokens, positions=[8])
 
 
 def reference_causal_conv(x, weight, bias):

@@ -77,12 +77,16 @@ class LanguageModel(nn.Module):
     def next_token_log_probs(self, tokens: Tensor, positions: Tensor | list[int] | None = None, cache: Any = None) -> Tensor:
         """(batch, time) tokens -> (batch, time, vocab) float32 log-distributions of the next token.
 
-        ``positions`` selects time positions (a list or 1-D index tensor), giving (batch, len(positions), vocab).
+        ``positions`` selects time positions (a list or 1-D index tensor; negative ones count from the end, so
+        ``[-1]`` is the last), giving (batch, len(positions), vocab).
         """
         hidden = self.hidden_states(tokens, cache)
         if positions is not None:
-            index = torch.as_tensor(positions, dtype=torch.long, device=hidden.device)
-            hidden = hidden.index_select(1, index)
+            index = torch.as_tensor(positions, dtype=torch.long, device=hidden.device).reshape(-1)
+            time = hidden.shape[1]
+            if index.numel() and (index.min() < -time or index.max() >= time):
+                raise IndexError(f"positions {index.tolist()} out of range for a sequence of {time} tokens")
+            hidden = hidden.index_select(1, index % time)  # negative positions count from the end
         return self.softmax.log_probs(hidden)
 
     def num_parameters(self) -> int:

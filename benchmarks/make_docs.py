@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import common
 from gcnn.io import atomic_write_bytes
@@ -53,31 +52,36 @@ SECTIONS = [
 ]
 
 
-def latest(name: str, results: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest non-smoke report of benchmark ``name`` (file names start with the date)."""
+def latest(name: str, results: Path) -> Path | None:
+    """The newest non-smoke dated report ``YYYY-MM-DD-<name>.json`` of benchmark ``name``, else an undated
+    ``bench_<name>.json`` (a script that prints its JSON, saved by redirection), else None."""
     for path in sorted(results.glob(f"*-{name}.json"), reverse=True):
-        if not path.name[:10].replace("-", "").isdigit() or path.name[11:] != f"{name}.json":
-            continue
-        result = json.loads(path.read_text())
-        if not result.get("smoke"):
-            return path, result
-    return None
+        dated = path.name[:10].replace("-", "").isdigit() and path.name[11:] == f"{name}.json"
+        if dated and not json.loads(path.read_text()).get("smoke"):
+            return path
+    undated = results / f"bench_{name}.json"
+    return undated if undated.is_file() else None
 
 
 def section(name: str, heading: str, intro: str, results: Path) -> str:
-    found = latest(name, results)
+    path = latest(name, results)
     text = f"## {heading}\n\n{intro}\n\n"
-    if found is None:
+    if path is None:
         return text + f"No report yet: no `benchmarks/results/*-{name}.json`.\n"
-    path, result = found
     try:  # links relative to docs/
-        relative = Path("..") / path.parent.relative_to(common.REPO)
+        folder = Path("..") / path.parent.relative_to(common.REPO)
     except ValueError:
-        relative = path.parent
-    if "table_markdown" not in result:
-        return text + f"Latest report: [{path.name}]({relative / path.name}).\n"
-    image = str(relative / result["plot"]) if result.get("plot") else None
-    return text + common.render_markdown(result, image) + f"\nFull results: [{path.name}]({relative / path.name}).\n"
+        folder = path.parent
+    result = json.loads(path.read_text())
+    if "table_markdown" not in result:  # not written by common.write_report: link what there is
+        plot = path.with_suffix(".png")
+        return (
+            text
+            + f"Results: [{path.name}]({folder / path.name})"
+            + (f"\n\n![{name}]({folder / plot.name})\n" if plot.is_file() else "\n")
+        )
+    image = str(folder / result["plot"]) if result.get("plot") else None
+    return text + common.render_markdown(result, image) + f"\nFull results: [{path.name}]({folder / path.name}).\n"
 
 
 def render(results: Path = common.RESULTS) -> str:

@@ -31,6 +31,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
 WIKITEXT2 = REPO.parent / "shared" / "data" / "wikitext-2"
+_IMPORTED_AT = time.perf_counter()  # about when the benchmark script started
 
 
 # ------------------------------------------------------------------------------------------------ the machine
@@ -213,7 +214,9 @@ def render_markdown(result: dict[str, Any], image: str | None) -> str:
         "",
         f"Run {result['date']} on {m['cpu']} ({m['logical_cores']} logical cores, torch {m['torch']} with "
         f"{m['torch_threads']} threads), commit `{m['commit'][:10]}`{dirty}. Load average when it started: "
-        f"{m['load_average_1m_at_start']}." + (f" {m['note']}" if m.get("note") else ""),
+        f"{m['load_average_1m_at_start']}"
+        + (f"; the run took {result['wall_seconds']:,.0f} s." if "wall_seconds" in result else ".")
+        + (f" {m['note']}" if m.get("note") else ""),
         "",
         "```bash",
         result["command"],
@@ -233,7 +236,11 @@ def write_report(name: str, result: dict[str, Any], figure: Any | None, out_dir:
     ``<out_dir>/YYYY-MM-DD-<name>.{json,png,md}`` (each file atomically). Returns the JSON's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{dt.date.today().isoformat()}-{name}"
-    result.update(benchmark=name, plot=f"{stem}.png" if figure is not None else None)
+    result.update(
+        benchmark=name,
+        plot=f"{stem}.png" if figure is not None else None,
+        wall_seconds=round(time.perf_counter() - _IMPORTED_AT, 1),
+    )
     text = json.dumps(result, indent=2) + "\n"
     print(text, end="")
     if figure is not None:

@@ -52,6 +52,17 @@ SECTIONS = [
 ]
 
 
+RUN_ALL = [
+    "bench_train.py",
+    "bench_table4.py",
+    "bench_generate_compare.py",
+    "bench_generate.py",
+    "bench_prepare.py",
+    "bench_memory.py",
+    "make_docs.py",
+]
+
+
 def latest(name: str, results: Path) -> Path | None:
     """The newest non-smoke dated report ``YYYY-MM-DD-<name>.json`` of benchmark ``name``, else an undated
     ``bench_<name>.json`` (a script that prints its JSON, saved by redirection), else None."""
@@ -94,6 +105,9 @@ def render(results: Path = common.RESULTS) -> str:
         "Timings on a shared machine are noisy: each run records the load average when it started, every benchmark "
         "times its contenders in turns (round-robin) so that load changes hit them alike, and reports medians and "
         "ratios measured in the same run.\n",
+        "All of them, then this page (each report says how long its run took):\n\n```bash\n"
+        + "\n".join(f"python benchmarks/{script}" for script in RUN_ALL)
+        + "\n```\n",
     ]
     parts += [section(name, heading, intro, results) for name, heading, intro in SECTIONS]
     return "\n".join(parts)

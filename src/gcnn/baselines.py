@@ -282,7 +282,9 @@ class KVCache:
         values[:, :, start:end] = v.detach()
         if start == 0:
             return k, v
-        # the new positions come from k, v themselves so that gradients still reach them
+        if not (k.requires_grad or v.requires_grad):  # inference: attend over the buffers themselves, no copy
+            return keys[:, :, :end], values[:, :, :end]
+        # with gradients, the new positions come from k, v themselves so that gradients reach them
         return torch.cat([keys[:, :, :start], k], dim=2), torch.cat([values[:, :, :start], v], dim=2)
 
     def reorder(self, index: Tensor) -> None:
@@ -308,6 +310,8 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if start == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif time == 1:  # one new position after the cached ones: it sees every key
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:  # queries at positions start.., keys at 0..start+T-1: query i sees keys <= start + i
             mask = torch.ones(time, start + time, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

@@ -151,6 +151,21 @@ def test_lstm_state_carried_across_batches_is_truncated_backprop():
     assert cache.length == 20 and not cache.state[0].requires_grad
 
 
+def test_transformer_cache_with_gradients_matches_full_pass_and_reaches_the_weights():
+    torch.manual_seed(9)
+    model = transformer()
+    tokens = torch.randint(0, V, (2, 10))
+    full = model.next_token_log_probs(tokens)
+    cache = model.new_cache(2)
+    model.next_token_log_probs(tokens[:, :6], cache=cache)
+    rest = model.next_token_log_probs(tokens[:, 6:], cache=cache)  # keys of the new positions keep their graph
+    assert torch.allclose(rest, full[:, 6:], atol=1e-5)
+    rest[..., 0].sum().backward()
+    qkv = model.blocks[0].attention.qkv.weight  # rows: queries, keys, values (16 each)
+    assert qkv.grad[16:32].abs().sum() > 0 and qkv.grad[32:].abs().sum() > 0
+    assert cache.length == 10 and not cache.keys[0].requires_grad
+
+
 def test_bf16_autocast_gives_normalised_distributions():
     for model in (lstm().eval(), transformer().eval()):
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -228,3 +228,27 @@ def test_generation_works_with_the_baselines(arch):
     prompts = [[0, 5, 6], [0], [0, 1, 2, 3, 4]]
     batched = generate(model, prompts, max_tokens=7, greedy=True)
     assert batched == [naive_greedy(model, p, 7) for p in prompts]
+
+
+def test_bf16_weights_decode_close_to_fp32():
+    """--dtype bf16: the model's weights in bf16, log-probabilities still normalised float32, close to fp32."""
+    model = variant("glu", "layer", seed=3)
+    tokens = torch.randint(0, V, (2, 12))
+    with torch.no_grad():
+        ref = model.next_token_log_probs(tokens)
+    fast = variant("glu", "layer", seed=3).to(torch.bfloat16)
+    cache = fast.new_cache(2)
+    with torch.no_grad():
+        steps = [fast.next_token_log_probs(tokens[:, :5], cache=cache)]
+        steps += [fast.next_token_log_probs(tokens[:, t : t + 1], cache=cache) for t in range(5, 12)]
+    out = torch.cat(steps, 1)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.exp().sum(-1), torch.ones(2, 12), atol=1e-4)
+    assert (out - ref).abs().max() < 0.05
+    assert generate(fast, [[1, 2, 3]], max_tokens=6, greedy=True)[0] == generate(fast, [[1, 2, 3]], max_tokens=6, greedy=True)[0]
+
+
+def test_cli_generate_bf16(tmp_path, capsys):
+    run = make_run(tmp_path / "run", word_vocab(), adaptive_cutoffs=())
+    assert main(["generate", str(run), "--prompt", "the cat", "--max-tokens", "4", "--greedy", "--dtype", "bf16"]) == 0
+    assert capsys.readouterr().out.strip()

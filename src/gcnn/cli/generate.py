@@ -42,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     stop.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="continue past it")
     p.add_argument("--no-unk", action="store_true", help="never generate <unk>")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="weights for decoding: bf16 halves the bytes read per token (generation at batch 1 is bound by them); "
+        "log-probabilities are still computed in fp32 (default: fp32)",
+    )
     p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
     p.add_argument("--json", action="store_true", help="one JSON object per sample: prompt, text")
 
@@ -56,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
     model, vocab = load_run(args.run, vocab=args.vocab, device=default_device(args.device))
+    if args.dtype == "bf16":
+        import torch
+
+        model = model.to(torch.bfloat16)
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownWordWarning)

@@ -173,9 +173,9 @@ def _remove_folder(folder: Path) -> None:
 
 
 def prune(run_dir: Path, keep_last: int, keep: set[str]) -> None:
-    """Delete checkpoints except the newest ``keep_last`` and those named in ``keep`` (the best)."""
+    """Delete checkpoints except the newest ``keep_last`` (at least 1) and those named in ``keep`` (the best)."""
     found = list_checkpoints(run_dir)
-    kept = {p.name for p in found[len(found) - keep_last:]} if keep_last else set()
+    kept = {p.name for p in found[-keep_last:]}
     for path in found:
         if path.name not in kept and path.name not in keep:
             _remove_folder(path)
@@ -204,7 +204,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{state_path}: not a gcnn training checkpoint")
     if state.get("version") != STATE_VERSION:
-        raise CheckpointError(f"{state_path}: checkpoint version {state.get('version')!r}, this gcnn reads {STATE_VERSION}")
+        raise CheckpointError(
+            f"{state_path}: checkpoint version {state.get('version')!r}, this gcnn reads {STATE_VERSION}"
+        )
     try:
         optimizer_state = _join_optimizer_state(load_weights(path / OPTIMIZER_FILE), state["optimizer"])
         rng = _join_rng(load_weights(path / RNG_FILE), state["rng"])

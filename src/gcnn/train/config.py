@@ -114,11 +114,11 @@ class TrainConfig:
         for name in ("weight_decay", "adam_eps", "clip_norm", "min_lr", "max_minutes"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("batch_size", "context", "accum_steps", "max_bad_updates", "log_every"):
+        for name in ("batch_size", "context", "accum_steps", "max_bad_updates", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)!r}")
         for name in ("warmup_updates", "plateau_patience", "max_updates", "max_epochs", "valid_every",
-                     "valid_max_tokens", "keep_last"):
+                     "valid_max_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if len(self.adam_betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas):

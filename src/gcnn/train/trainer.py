@@ -159,7 +159,8 @@ class Trainer:
         self.ddp_model = distributed.wrap(self.model, ctx)
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-        self.per_epoch = math.ceil(self._train_batches(epoch=0, start=0).num_batches / config.accum_steps)
+        self.batches_per_epoch = self._train_batches(epoch=0, start=0).num_batches
+        self.per_epoch = math.ceil(self.batches_per_epoch / config.accum_steps)  # updates
         # counters, restored on resume
         self.update, self.epoch, self.batch_in_epoch, self.tokens = 0, 0, 0, 0
         self.skipped, self.bad_in_a_row = 0, 0
@@ -258,7 +259,9 @@ class Trainer:
                     f"{now[key]!r}); start a new run with another --out instead"
                 )
         if run["data"]["vocab_sha256"] != self._data_identity()["vocab_sha256"]:
-            raise ConfigError(f"--data {self.config.data}: its vocabulary differs from the one {self.run_dir} was trained on")
+            raise ConfigError(
+                f"--data {self.config.data}: its vocabulary differs from the one {self.run_dir} was trained on"
+            )
 
     def _data_identity(self) -> dict[str, Any]:
         manifest = self.data.manifest
@@ -275,11 +278,11 @@ class Trainer:
         groups = self._update_groups()
         try:
             while (reason := self._stop_reason()) is None:
-                group, batches_per_epoch = next(groups)
+                group = next(groups)
                 self._train_update(group)
                 self.batch_in_epoch += len(group)
                 scheduled = bool(self.config.valid_every) and self.update % self.config.valid_every == 0
-                if self.batch_in_epoch == batches_per_epoch:
+                if self.batch_in_epoch == self.batches_per_epoch:
                     self.epoch, self.batch_in_epoch, scheduled = self.epoch + 1, 0, True
                 if scheduled:
                     self._validate(step_schedule=True)
@@ -290,13 +293,12 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
 
-    def _update_groups(self) -> Iterator[tuple[list[tuple[torch.Tensor, torch.Tensor]], int]]:
+    def _update_groups(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """The micro-batches of each update in turn, epoch after epoch, from the current data position."""
         while True:
-            batches = self._train_batches(epoch=self.epoch, start=self.batch_in_epoch)
-            it = iter(batches)
-            while group := list(islice(it, self.config.accum_steps)):
-                yield group, batches.num_batches
+            batches = iter(self._train_batches(epoch=self.epoch, start=self.batch_in_epoch))
+            while group := list(islice(batches, self.config.accum_steps)):
+                yield group
 
     def _stop_reason(self) -> str | None:
         c = self.config
@@ -454,7 +456,8 @@ class Trainer:
             "format": RUN_FORMAT,
             "status": status,
             "stop_reason": stop_reason,
-            "train_config": self.config.to_dict(),
+            # the data path resolved, so that `--resume` works from another working directory
+            "train_config": dict(self.config.to_dict(), data=str(Path(self.config.data).resolve())),
             "model_config": self.model_config.to_dict(),
             "parameters": self.model.num_parameters(),
             "data": self._data_identity(),
@@ -482,17 +485,17 @@ class Trainer:
             self._save()
         if self.ctx.is_main:
             self._write_run_file("stopped" if by_signal else "finished", reason)
-        result = RunResult(
+        return RunResult(
             run_dir=self.run_dir, updates=self.update, epochs=self._epochs(), tokens=self.tokens,
-            train_loss=self._window.loss if self._window.tokens else self.last_train_loss, valid_ppl=perplexity(self.last_valid[1]),
+            train_loss=self._window.loss if self._window.tokens else self.last_train_loss,
+            valid_ppl=perplexity(self.last_valid[1]),
             best_valid_ppl=perplexity(self.best_loss), skipped_updates=self.skipped,
             seconds=time.monotonic() - self.started, stop_reason=reason,
         )
-        return result
 
     # ------------------------------------------------------------------------------------------- helpers
     def _epochs(self) -> float:
-        return self.epoch + self.batch_in_epoch / max(1, self.per_epoch * self.config.accum_steps)
+        return self.epoch + self.batch_in_epoch / self.batches_per_epoch
 
     def _elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)

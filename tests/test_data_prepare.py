@@ -108,6 +108,7 @@ def test_glob_patterns_name_several_files_in_order(tmp_path):
 
 
 def test_bpe_vocabulary_is_frequency_sorted_and_round_trips(tmp_path):
+    pytest.importorskip("tokenizers", reason="BPE vocabularies need the bpe extra: pip install -e '.[bpe]'")
     text = "the quick brown fox jumps over the lazy dog\nthe dog barks at the fox\n" * 20
     folder = write_corpus(tmp_path / "c", text, "the lazy fox\n", "a quick dog\n")
     data = prepare(find_corpus(folder), tmp_path / "out", bpe=60)

@@ -159,9 +159,13 @@ def table(result: dict[str, Any], precisions: list[str]) -> str:
             row += [f"{r['tokens_per_s']:,.0f}", f"{100 * r['fraction_of_peak']:.1f}%", ratio]
         rows.append(row)
     peaks = ", ".join(f"{p} {result['matmul_peak'][p]['flops_per_s'] / 1e9:,.0f} GFLOP/s" for p in precisions)
-    return (
-        common.markdown_table(header, rows)
-        + f"\n\nMatmul peak in the same run (torch.mm {result['matmul_peak'][precisions[0]]['shape_mkn']}): {peaks}."
+    described = common.markdown_table(
+        ["model", "structure", "matmul weights per token (M)"],
+        [[n, m["description"], f"{m['matmul_parameters'] / 1e6:.1f}"] for n, m in result["models"].items()],
+    )
+    shape = result["matmul_peak"][precisions[0]]["shape_mkn"]
+    return "\n\n".join(
+        [common.markdown_table(header, rows), described, f"Matmul peak in the same run (torch.mm {shape}): {peaks}."]
     )
 
 

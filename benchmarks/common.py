@@ -213,7 +213,8 @@ def render_markdown(result: dict[str, Any], image: str | None) -> str:
         f"### {result['title']}",
         "",
         f"Run {result['date']} on {m['cpu']} ({m['logical_cores']} logical cores, torch {m['torch']} with "
-        f"{m['torch_threads']} threads), commit `{m['commit'][:10]}`{dirty}. Load average when it started: "
+        f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''}), commit `{m['commit'][:10]}`{dirty}. "
+        "Load average when it started: "
         f"{m['load_average_1m_at_start']}"
         + (f"; the run took {result['wall_seconds']:,.0f} s." if "wall_seconds" in result else ".")
         + (f" {m['note']}" if m.get("note") else ""),

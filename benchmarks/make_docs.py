@@ -20,17 +20,22 @@ SECTIONS = [
     (
         "train",
         "1 and 5. Training throughput, and the reference GCNN",
-        "Tokens/s of a full training step (forward, backward, clipping, optimizer) for gcnn's GCNN-8, the plain PyTorch "
-        "reference GCNN-8 (`benchmarks/reference_gcnn.py`: nn.Conv1d with left padding, F.glu, torch weight-norm "
-        "parametrization, nn.AdaptiveLogSoftmaxWithLoss), and an LSTM and a Transformer of about the same parameter count, "
-        "in fp32 and bf16 autocast. Achieved FLOP/s are a fraction of the torch.mm speed measured in the same rounds; "
-        "'vs reference' is the speed-up over the reference in the same rounds, the yardstick for later optimisation.",
+        "Tokens/s of a full training step (forward, backward, clipping, optimizer) for gcnn's GCNN-8, the plain "
+        "PyTorch reference GCNN-8 (`benchmarks/reference_gcnn.py`: nn.Conv1d with left padding, F.glu, torch "
+        "weight-norm parametrization, nn.AdaptiveLogSoftmaxWithLoss), and an LSTM and a Transformer of about the same "
+        "parameter count, in fp32 and bf16 autocast. The LSTM's and the Transformer's widths are those whose total "
+        "parameter count is closest to the GCNN's (`benchmarks/models.py`). Achieved FLOP/s are a fraction of the "
+        "torch.mm speed measured in the same rounds; 'vs reference' is the speed-up over the reference in the same "
+        "rounds, the yardstick for later optimisation.",
     ),
     (
         "table4",
         "2. The paper's Table 4 on this machine",
-        "Scoring speed of GCNN-9 and GCNN-8B against an LSTM-2048 with Google Billion Word's vocabulary: throughput on a "
-        "batch of 750 x 20 tokens, responsiveness on one 15,000-token sequence.",
+        "Scoring speed of GCNN-9 and GCNN-8B against an LSTM-2048 with Google Billion Word's vocabulary: "
+        "throughput on a batch of 750 x 20 tokens, responsiveness on one 15,000-token sequence. The LSTM is "
+        "`lstm-2048` (one layer of 2048 units projected to 512, the shape of Jozefowicz et al.'s LSTM-2048-512, the "
+        "published LSTM closest to the paper's 43.9-perplexity row); ids are drawn from a Zipf distribution over the "
+        "793,471-word vocabulary, as Google Billion Word is not among the project's corpora.",
     ),
     (
         "generate-compare",

@@ -106,7 +106,7 @@ def describe(model: nn.Module) -> str:
             f"x{len(model.convs)}, torch AdaptiveLogSoftmaxWithLoss {model.softmax.cutoffs[:-1]}"
         )
     config = model.config
-    prefix = f"gcnn {config.arch}: embed {config.embed_dim}, " if config.model_type == "gcnn" else ""
+    prefix = f"{config.arch}: embed {config.embed_dim}, " if config.model_type == "gcnn" else ""
     return prefix + config.describe()
 
 

@@ -23,8 +23,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_layers_defaults_recipe_set_flags(tmp_path):
-    recipe = write(tmp_path / "r.toml", '[model]\narch = "gcnn-tiny"\ndropout = 0.1\n[train]\nlr = 0.5\nbatch_size = 4\n'
-                   'context = 32\n')
+    recipe = write(tmp_path / "r.toml", '[model]\narch = "gcnn-tiny"\ndropout = 0.1\n'
+                   '[train]\nlr = 0.5\nbatch_size = 4\ncontext = 32\n')
     config = build_config(recipe=recipe, sets=["lr=0.25", "train.context=48", "model.dropout=0.3"],
                           flags=dict(REQUIRED, context=64, arch="gcnn-small"))
     assert config.momentum == TrainConfig().momentum  # default

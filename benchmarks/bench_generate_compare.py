@@ -76,6 +76,20 @@ def table(result: dict[str, Any]) -> str:
     return common.markdown_table(["model", "mode", "tokens/s", "vs full re-run", "same tokens as full re-run"], rows)
 
 
+def plot(result: dict[str, Any]):
+    """New tokens/s per model, one bar per decoding mode."""
+    models_ = result["models"]
+    return common.bar_chart(
+        f"Batch-1 greedy generation, {result['settings']['precision']}",
+        "new tokens/s",
+        list(models_),
+        {
+            mode: [m["modes"].get(mode, {}).get("tokens_per_s", float("nan")) for m in models_.values()]
+            for mode in MODES
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt-len", type=int, default=64)
@@ -146,17 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.prompt_len} to {total - 1} tokens. tokens/s: new tokens over the median seconds of {args.repeats} "
         "generations, the prompt included, after one short untimed generation per model and mode."
     ]
-    figure = common.bar_chart(
-        f"Batch-1 greedy generation, {args.precision} (log scale)",
-        "new tokens/s",
-        list(built),
-        {
-            mode: [result["models"][n]["modes"].get(mode, {}).get("tokens_per_s", float("nan")) for n in built]
-            for mode in MODES
-        },
-        log=True,
-    )
-    common.write_report("generate-compare", result, figure, args.out_dir)
+    common.write_report("generate-compare", result, plot(result), args.out_dir)
     return result
 
 

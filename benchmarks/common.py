@@ -260,7 +260,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def bar_chart(title: str, ylabel: str, groups: Sequence[str], series: dict[str, Sequence[float]], *, log: bool = False):
+def bar_chart(title: str, ylabel: str, groups: Sequence[str], series: dict[str, Sequence[float]]):
     """A grouped bar chart: one group per entry of ``groups``, one bar per series; values written on the bars."""
     import matplotlib
 
@@ -276,8 +276,6 @@ def bar_chart(title: str, ylabel: str, groups: Sequence[str], series: dict[str, 
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if log:
-        ax.set_yscale("log")
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

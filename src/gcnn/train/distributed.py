@@ -94,15 +94,6 @@ def gather_to_main(obj: Any, ctx: Dist) -> list[Any] | None:
     return out if ctx.is_main else None
 
 
-def broadcast_from_main(obj: Any, ctx: Dist) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.enabled:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def barrier(ctx: Dist) -> None:
     if ctx.enabled:
         dist.barrier()

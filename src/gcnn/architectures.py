@@ -7,17 +7,11 @@ The cutoffs are the paper's; :func:`gcnn.build_model` drops those at or above th
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from gcnn.config import Block, ModelConfig, fit_cutoffs
+from gcnn.config import Block, ModelConfig, fit_cutoffs, read_toml
 from gcnn.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 def _plain(k: int, n: int) -> Block:
@@ -134,13 +128,7 @@ def config_from_file(path: str | Path, vocab_size: int | None = None, **override
     itself. ``vocab_size`` comes from the data unless the file sets it.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    doc = read_toml(path)
     table = dict(doc.get("model", doc))
     if vocab_size is not None:
         table.setdefault("vocab_size", vocab_size)

@@ -19,10 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from gcnn.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 GATES = ("glu", "gtu", "relu", "tanh", "linear", "bilinear")
 # gates that combine two halves of a convolution's output (so the convolution has 2n output channels)
@@ -192,6 +199,20 @@ def fit_cutoffs(cutoffs: Iterable[int], vocab_size: int) -> tuple[int, ...]:
     If none remain, the model uses a full softmax.
     """
     return tuple(c for c in cutoffs if c < vocab_size)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; a missing file, a folder or invalid TOML is a ConfigError naming the path."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a TOML config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _block_from_dict(data: Any) -> Block:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from gcnn.config import read_toml
 from gcnn.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -156,15 +157,7 @@ class TrainConfig:
 def load_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a recipe TOML file into ``{"train": {...}, "model": {...}}``; unknown tables are rejected."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a TOML config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    doc = read_toml(path)
     unknown = sorted(set(doc) - {"train", "model"})
     if unknown:
         raise ConfigError(f"{path}: unknown table or key(s) {', '.join(unknown)}; a recipe has [model] and [train]")

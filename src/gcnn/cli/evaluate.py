@@ -28,12 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, metavar="N", help="stream mode: input tokens each prediction sees at least")
     p.add_argument("--stride", type=int, metavar="N", help="stream mode: targets scored per window")
     p.add_argument("--exclude-unk", action="store_true", help="leave <unk> targets out of the perplexity")
-    p.add_argument(
-        "--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)"
-    )
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; default fp32)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
+    add_inference_arguments(p)
     p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -70,6 +65,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"perplexity     {result.perplexity:.2f}")
     print(f"time           {result.seconds:.1f} s ({result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s)")
     return 0
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `gcnn eval` and `gcnn score` share: batch size, precision, device, vocabulary."""
+    p.add_argument(
+        "--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)"
+    )
+    p.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast (faster on GPUs and on CPUs with bf16 instructions; default fp32)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
 
 
 def default_device(device: str | None) -> str:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from gcnn.cli.evaluate import add_inference_arguments, default_device
+
 HELP = "score each line of stdin (or --input) as a sentence: one JSON line each"
 DESCRIPTION = """Score every input line as an independent sentence and write one JSON line per input line, in order:
 
@@ -26,16 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train`")
     p.add_argument("--input", metavar="FILE", help="read this UTF-8 file instead of stdin")
     p.add_argument("--per-token", action="store_true", help="add each token's log-probability")
-    p.add_argument(
-        "--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)"
-    )
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs; default fp32)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
+    add_inference_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnn.cli.evaluate import default_device
     from gcnn.errors import DataError
     from gcnn.evaluate import load_run, score_texts
 

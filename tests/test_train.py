@@ -103,6 +103,25 @@ def test_resume_is_exact_on_cpu_fp32(prepared, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_time_budget_cosine_decays_over_the_minutes_and_threads_are_set(prepared, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        config = make_config(prepared, tmp_path / "timed", "optimizer=adamw", "lr=0.01", "schedule=cosine",
+                             "min_lr=0.0001", "threads=1", max_updates=0, max_minutes=0.04)
+        result = train(config, silent=True)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert result.stop_reason == "max_minutes" and result.updates > 3
+    records = [r for r in read_metrics(tmp_path / "timed") if r["kind"] == "train"]
+    lrs, times = [r["lr"] for r in records], [r["time"] for r in records]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[0] > 0.005  # no warmup: starts near the peak
+    assert lrs[-1] < 0.003  # most of the way down the cosine when the 2.4 s were up
+    assert times == sorted(times) and times[-1] <= 0.04 * 60 + 5
+    state = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "timed")[-1]).state
+    assert state["wall_seconds"] >= 0.04 * 60
+
+
 def test_accumulation_equals_one_large_batch(prepared, tmp_path):
     train(make_config(prepared, tmp_path / "big", max_updates=2), silent=True)
     train(make_config(prepared, tmp_path / "accum", "accum_steps=4", max_updates=2), silent=True)

@@ -55,7 +55,8 @@ class TrainConfig:
         clip_norm: clip the global gradient norm to this (0: no clipping).
         schedule: ``plateau`` (multiply lr by plateau_factor when the validation loss has not improved for
             plateau_patience validations), ``cosine`` (linear warmup over warmup_updates, then cosine decay to
-            min_lr at the last update) or ``constant`` (warmup, then lr).
+            min_lr at the last update; with only max_minutes bounding the run, at the end of its time budget,
+            counted in wall-clock seconds across resumes) or ``constant`` (warmup, then lr).
     Batches:
         batch_size: sequences per update, over all processes and accumulation steps together, so a recipe trains
             the same whatever the number of GPUs. context: tokens per sequence. accum_steps: micro-batches per update.
@@ -67,6 +68,7 @@ class TrainConfig:
         besides the best.
     Numerics: precision (``fp32``, ``bf16``, ``fp16``), device (``auto``, ``cpu``, ``cuda``), seed,
         max_bad_updates: stop after this many consecutive updates skipped for a non-finite loss or gradient.
+        threads: CPU threads for torch's intra-op pool (0: torch's default, one per core).
     Output: log_every (updates between metric lines), tensorboard (also write TensorBoard events if installed).
     """
 
@@ -98,6 +100,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 1
     max_bad_updates: int = 5
+    threads: int = 0
     log_every: int = 10
     tensorboard: bool = True
 
@@ -118,7 +121,7 @@ class TrainConfig:
         for name in ("batch_size", "context", "accum_steps", "max_bad_updates", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)!r}")
-        for name in ("warmup_updates", "plateau_patience", "max_updates", "max_epochs", "valid_every",
+        for name in ("threads", "warmup_updates", "plateau_patience", "max_updates", "max_epochs", "valid_every",
                      "valid_max_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -131,8 +134,6 @@ class TrainConfig:
             )
         if self.schedule == "plateau" and self.warmup_updates:
             raise ConfigError("train.warmup_updates works with the cosine and constant schedules, not plateau")
-        if self.schedule == "cosine" and not (self.max_updates or self.max_epochs):
-            raise ConfigError("train.schedule = cosine needs a known length: set max_updates or max_epochs")
         if not (self.max_updates or self.max_epochs or self.max_minutes):
             raise ConfigError("no bound on the run: set --max-updates, --max-epochs or --max-minutes (or the recipe's)")
         if not self.data:

@@ -38,25 +38,37 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 class WarmupCosine:
     """lr multiplier at update u: linear warmup to 1 over ``warmup`` updates, then (cosine only) a half cosine
-    down to ``floor`` at update ``total``."""
+    down to ``floor`` at update ``total``. With ``total = 0`` the cosine follows :attr:`time_fraction` instead
+    (the share of a run's time budget spent, set by :class:`Schedule`)."""
 
     def __init__(self, warmup: int, total: int, floor: float, cosine: bool) -> None:
         self.warmup, self.total, self.floor, self.cosine = warmup, total, floor, cosine
+        self.time_fraction = 0.0
 
     def __call__(self, update: int) -> float:
         if update < self.warmup:
             return (update + 1) / self.warmup
         if not self.cosine:
             return 1.0
-        progress = min(1.0, (update - self.warmup) / max(1, self.total - self.warmup))
+        if self.total:
+            progress = min(1.0, (update - self.warmup) / max(1, self.total - self.warmup))
+        else:
+            progress = min(1.0, self.time_fraction)
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class Schedule:
-    """The learning-rate schedule of a run: :meth:`after_update` and :meth:`after_validation` move it on."""
+    """The learning-rate schedule of a run: :meth:`after_update` and :meth:`after_validation` move it on.
+
+    A cosine schedule whose run has no update or epoch bound (``total_updates = 0``, only ``max_minutes``) decays
+    over wall-clock time instead: :meth:`after_update` gets the seconds the run has taken so far (resumes included)
+    and the cosine reaches ``min_lr`` when they reach ``max_minutes``. Such a run fits a time budget on any machine,
+    at the price of not being bit-for-bit repeatable (the lr at update u depends on how fast u came)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, total_updates: int) -> None:
         self.kind = config.schedule
+        self.budget_seconds = 60 * config.max_minutes if self.kind == "cosine" and not total_updates else 0.0
+        self._multiplier: WarmupCosine | None = None
         if self.kind == "plateau":
             self._torch = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience,
@@ -65,6 +77,7 @@ class Schedule:
         else:
             multiplier = WarmupCosine(config.warmup_updates, total_updates, config.min_lr / config.lr,
                                       cosine=self.kind == "cosine")
+            self._multiplier = multiplier
             self._torch = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         self._optimizer = optimizer
 
@@ -72,7 +85,14 @@ class Schedule:
     def lr(self) -> float:
         return float(self._optimizer.param_groups[0]["lr"])
 
-    def after_update(self) -> None:
+    @property
+    def by_time(self) -> bool:
+        return self.budget_seconds > 0
+
+    def after_update(self, seconds: float = 0.0) -> None:
+        """Move on one update; ``seconds``: the run's wall-clock time so far (used by a time-budget cosine)."""
+        if self.by_time and self._multiplier is not None:
+            self._multiplier.time_fraction = seconds / self.budget_seconds
         if self.kind != "plateau":
             self._torch.step()
 

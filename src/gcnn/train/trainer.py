@@ -152,6 +152,8 @@ class Trainer:
                 f"micro-batch, which the {ctx.world_size} processes cannot share equally"
             )
         self.micro_batch = micro
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.data = PreparedData.open(config.data)
         torch.manual_seed(config.seed)
         self.model_config = resolve_model_config(config.model, self.data.vocab_size)
@@ -166,6 +168,7 @@ class Trainer:
         self.skipped, self.bad_in_a_row = 0, 0
         self.best_loss, self.best_update, self.last_valid = math.inf, -1, (-1, math.inf)
         self.saved_update, self.train_seconds, self.last_train_loss = -1, 0.0, math.nan
+        self.previous_seconds = 0.0  # wall-clock seconds of the invocations before a resume
         loaded = self._load_checkpoint() if resume else None
         # the cosine schedule's length is fixed when a run starts, so a resumed run follows the same curve
         self.schedule_total = loaded.state["schedule_total"] if loaded else self._planned_updates()
@@ -239,6 +242,7 @@ class Trainer:
         self.best_loss, self.best_update = state["best_valid_loss"], state["best_update"]
         self.last_valid = tuple(state["last_valid"])
         self.train_seconds, self.saved_update = state["train_seconds"], self.update
+        self.previous_seconds = float(state.get("wall_seconds", 0.0))
         if len(loaded.rng) == self.ctx.world_size:
             ckpt.restore_rng(loaded.rng[self.ctx.rank], self.ctx.device)
         else:
@@ -335,7 +339,7 @@ class Trainer:
         grad_norm = self._clip_and_step(loss_value)
         self.update += 1
         self.tokens += int(update_tokens)
-        self.schedule.after_update()
+        self.schedule.after_update(self._run_seconds())
         self.train_seconds += time.monotonic() - start
         self._window.add(loss_value, update_tokens, time.monotonic() - start)
         self._log_train(grad_norm)
@@ -444,7 +448,7 @@ class Trainer:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens": self.tokens,
             "skipped": self.skipped, "bad_in_a_row": self.bad_in_a_row, "best_valid_loss": self.best_loss,
             "best_update": self.best_update, "last_valid": list(self.last_valid),
-            "train_seconds": self.train_seconds, "schedule_total": self.schedule_total,
+            "train_seconds": self.train_seconds, "wall_seconds": self._run_seconds(), "schedule_total": self.schedule_total,
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "model_config": self.model_config.to_dict(), "world_size": self.ctx.world_size,
         }
@@ -497,8 +501,12 @@ class Trainer:
     def _epochs(self) -> float:
         return self.epoch + self.batch_in_epoch / self.batches_per_epoch
 
+    def _run_seconds(self) -> float:
+        """Wall-clock seconds of the whole run so far, earlier invocations included."""
+        return self.previous_seconds + time.monotonic() - self.started
+
     def _elapsed(self) -> float:
-        return round(time.monotonic() - self.started, 3)
+        return round(self._run_seconds(), 3)
 
     def _banner(self) -> str:
         c = self.config

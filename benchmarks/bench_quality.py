@@ -1,0 +1,355 @@
+"""Quality under a wall-clock budget on WikiText-2: the CPU recipe against the LSTM and Transformer baselines, and
+the paper's ablations at small scale. Every run is a real ``gcnn train`` (a subprocess, one torch thread each, up
+to ``--jobs`` at once), so what is reported is what a user of the recipes gets.
+
+    python benchmarks/bench_quality.py recipe              # configs/wikitext2-*.toml, 60 minutes each, test ppl
+    python benchmarks/bench_quality.py ablations           # gates, gating, weight norm, clipping, context length
+    python benchmarks/bench_quality.py recipe --report     # redraw the report from the finished run folders
+
+Run folders go under ``runs/quality/`` (``--runs``); a finished run is reused, not retrained (``--force`` retrains),
+an unfinished one is started again. WikiText-2 is read from ../shared/data/wikitext-2 (``--corpus``) and prepared
+once into ``runs/quality/wikitext-2``. Budgets are wall-clock (``max_minutes``, validation included) and the cosine
+schedules decay over that time, so every run of a comparison gets the same budget on the same machine; runs that
+share the machine (``--jobs 2`` on 2 cores) each get one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+
+RUNS = common.REPO / "runs" / "quality"
+CONFIGS = common.REPO / "configs"
+
+
+@dataclass
+class Job:
+    """One training run: a recipe file plus ``--set`` overrides."""
+
+    name: str
+    label: str
+    recipe: Path
+    sets: list[str] = field(default_factory=list)
+    group: str = ""
+    paper: str = ""  # the paper's number for this variant, as text ("" if it has none)
+
+
+# ------------------------------------------------------------------------------------------------ the comparisons
+def recipe_jobs() -> list[Job]:
+    return [
+        Job("gcnn", "GCNN (configs/wikitext2-cpu.toml)", CONFIGS / "wikitext2-cpu.toml"),
+        Job("lstm", "LSTM (configs/wikitext2-lstm-cpu.toml)", CONFIGS / "wikitext2-lstm-cpu.toml"),
+        Job("transformer", "Transformer (configs/wikitext2-transformer-cpu.toml)",
+            CONFIGS / "wikitext2-transformer-cpu.toml"),
+    ]
+
+
+ABLATION_RECIPE = CONFIGS / "wikitext2-ablation.toml"
+
+# group -> (title, [(name, label, sets, the paper's number)]); "glu" is the shared base run
+PAPER_NOTE = {
+    "gates": "WikiText-103, ~35 epochs: GLU 47.1, ReLU 51.2, GTU 51.4, Tanh 67.2",
+    "linear": "Google Billion Word, 100 h: GLU 42.1, bilinear 62.0, linear 111.9",
+    "placement": "not in the paper's figures (the seed's pseudo-code gates once per block)",
+    "regularization": "Google Billion Word, one pass: with both 51.3, without weight norm 59.6, without clipping 79.8",
+    "context": "returns fall off sharply beyond ~40 tokens of context",
+}
+ABLATIONS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
+    "gates": ("GLU against GTU, ReLU and Tanh", [
+        ("glu", "GLU", [], "47.1"),
+        ("gtu", "GTU", ["model.gate=gtu"], "51.4"),
+        ("relu", "ReLU", ["model.gate=relu"], "51.2"),
+        ("tanh", "Tanh", ["model.gate=tanh"], "67.2"),
+    ]),
+    "linear": ("GLU against bilinear and linear", [
+        ("glu", "GLU", [], "42.1"),
+        ("bilinear", "bilinear", ["model.gate=bilinear"], "62.0"),
+        ("linear", "linear", ["model.gate=linear"], "111.9"),
+    ]),
+    "placement": ("Gate after every convolution against once per block", [
+        ("glu", "after every convolution", [], ""),
+        ("block-gate", "once per block", ["model.gate_placement=block"], ""),
+    ]),
+    "regularization": ("Weight normalization and gradient clipping", [
+        ("glu", "both", [], "51.3"),
+        ("no-weight-norm", "without weight norm", ["model.weight_norm=false"], "59.6"),
+        ("no-clipping", "without clipping", ["clip_norm=0"], "79.8"),
+    ]),
+    "context": ("Training context length", [
+        ("context-8", "8 tokens", ["context=8", "batch_size=512"], ""),
+        ("context-16", "16 tokens", ["context=16", "batch_size=256"], ""),
+        ("context-32", "32 tokens", ["context=32", "batch_size=128"], ""),
+        ("context-64", "64 tokens", ["context=64", "batch_size=64"], ""),
+        ("glu", "128 tokens", [], ""),
+    ]),
+}
+
+
+def ablation_jobs(groups: list[str]) -> list[Job]:
+    jobs: dict[str, Job] = {}
+    for group in groups:
+        for name, label, sets, paper in ABLATIONS[group][1]:
+            jobs.setdefault(name, Job(name, label, ABLATION_RECIPE, sets, group, paper))
+    return list(jobs.values())
+
+
+# ------------------------------------------------------------------------------------------------ running
+def prepare_data(args: argparse.Namespace) -> Path:
+    data = args.runs / "wikitext-2"
+    if (data / "manifest.json").is_file():
+        return data
+    if not args.corpus.is_dir():
+        sys.exit(f"bench_quality: WikiText-2 not found at {args.corpus} (give --corpus FOLDER); nothing was run")
+    subprocess.run([sys.executable, "-m", "gcnn", "prepare", "--data", str(args.corpus), "--out", str(data)],
+                   check=True)
+    return data
+
+
+def finished(run: Path) -> bool:
+    try:
+        return json.loads((run / "run.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def train(job: Job, data: Path, args: argparse.Namespace) -> Path:
+    run = args.runs / args.kind / job.name
+    if finished(run) and not args.force:
+        print(f"[{job.name}] reusing the finished run in {run}", file=sys.stderr, flush=True)
+        return run
+    if run.exists():
+        print(f"[{job.name}] {run} holds an unfinished or --force'd run: starting it again", file=sys.stderr)
+        shutil.rmtree(run)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "gcnn", "train", "--data", str(data), "--config", str(job.recipe),
+               "--out", str(run), "--quiet", "--set", f"threads={args.threads}",
+               "--set", f"max_minutes={args.minutes}"]
+    for item in job.sets:
+        command += ["--set", item]
+    print(f"[{job.name}] {' '.join(command[2:])}", file=sys.stderr, flush=True)
+    with open(args.runs / args.kind / f"{job.name}.log", "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"[{job.name}] gcnn train exited with {code}; see {log.name}")
+    return run
+
+
+def test_perplexity(run: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cached = run / "test_eval.json"
+    if cached.is_file() and not args.force:
+        return json.loads(cached.read_text())
+    out = subprocess.run(
+        [sys.executable, "-m", "gcnn", "eval", str(run), "--data", str(data), "--split", "test", "--json"],
+        capture_output=True, text=True, env=dict(__import__("os").environ, OMP_NUM_THREADS=str(args.threads)),
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"gcnn eval {run} failed: {out.stderr.strip()}")
+    result = json.loads(out.stdout)
+    cached.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_all(jobs: list[Job], data: Path, args: argparse.Namespace, *, test: bool) -> dict[str, dict[str, Any]]:
+    def one(job: Job) -> tuple[str, dict[str, Any]]:
+        run = train(job, data, args)
+        summary = summarize(run)
+        if test:
+            summary["test"] = test_perplexity(run, data, args)
+        return job.name, summary
+
+    if args.report:
+        results = {}
+        for job in jobs:
+            run = args.runs / args.kind / job.name
+            if finished(run):
+                results[job.name] = summarize(run)
+                if test and (run / "test_eval.json").is_file():
+                    results[job.name]["test"] = json.loads((run / "test_eval.json").read_text())
+        return results
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        return dict(pool.map(one, jobs))
+
+
+def summarize(run: Path) -> dict[str, Any]:
+    info = json.loads((run / "run.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    valid = [(r["time"] / 60, r["ppl"]) for r in records if r.get("kind") == "valid"]
+    return {
+        "run": str(run.relative_to(common.REPO)) if run.is_relative_to(common.REPO) else str(run),
+        "arch": info["model_config"].get("arch") or "custom",
+        "parameters": info["parameters"],
+        "updates": info["updates"],
+        "epochs": round(info["epochs"], 2),
+        "tokens": info["tokens"],
+        "tokens_per_s": info["tokens_per_s"],
+        "best_valid_ppl": info["best_valid_ppl"],
+        "final_valid_ppl": valid[-1][1] if valid else None,
+        "valid_curve_minutes_ppl": valid,
+        "train_config": {k: info["train_config"][k] for k in ("optimizer", "lr", "batch_size", "context",
+                                                                "clip_norm", "precision", "max_minutes")},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ reports
+def curve_plot(title: str, series: list[tuple[str, list]], *, ylim: float | None = None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in series:
+        if points:
+            ax.plot(*zip(*points), "o-", markersize=3, label=label)
+    ax.set_xlabel("wall-clock minutes")
+    ax.set_ylabel("validation perplexity")
+    finite = [p for _, pts in series for _, p in pts if math.isfinite(p)]
+    if finite:
+        low = min(finite)
+        ax.set_ylim(low * 0.9, ylim or min(max(finite), low * 4))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:,.1f}"
+
+
+def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dict[str, Any],
+                  args: argparse.Namespace) -> None:
+    rows = []
+    for job in jobs:
+        r = results.get(job.name)
+        if r is None:
+            continue
+        test = r.get("test", {})
+        rows.append([job.label, r["arch"], f"{r['parameters']:,}", f"{r['tokens_per_s']:,.0f}", f"{r['epochs']:.2f}",
+                     fmt(r["best_valid_ppl"]), fmt(test.get("perplexity"))])
+    table = common.markdown_table(
+        ["model", "architecture", "parameters", "train tokens/s", "epochs", "best valid ppl", "test ppl"], rows)
+    gcnn = results.get("gcnn", {}).get("test", {}).get("perplexity")
+    notes = [
+        f"Each run trains for {args.minutes:g} minutes of wall-clock (validation included) with {args.threads} "
+        f"torch thread{'s' if args.threads != 1 else ''}, {args.jobs} runs at a time on this "
+        f"{head['machine']['logical_cores']}-core machine, so every model gets the same budget and the same share "
+        "of the CPU. Test perplexity: `gcnn eval RUN --data runs/quality/wikitext-2 --split test` on the best "
+        "checkpoint by validation (stream mode: every test token scored once with the model's full context).",
+    ]
+    if gcnn is not None:
+        verdict = "reaches" if gcnn <= 100 else "does not reach"
+        notes.append(f"The GCNN recipe {verdict} the target of test perplexity 100: {gcnn:.1f}.")
+    result = dict(head, title=f"WikiText-2 in {args.minutes:g} minutes on a CPU: GCNN against LSTM and Transformer",
+                  minutes=args.minutes, threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table,
+                  notes=notes)
+    figure = curve_plot(result["title"], [(j.label.split(" (")[0], results[j.name]["valid_curve_minutes_ppl"])
+                                          for j in jobs if j.name in results])
+    common.write_report("quality-recipe", result, figure, args.out_dir)
+
+
+def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head: dict[str, Any],
+                     args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, figures = [], []
+    for group in groups:
+        title, variants = ABLATIONS[group]
+        present = [(n, label, paper) for n, label, _, paper in variants if n in results]
+        ranked = sorted(present, key=lambda v: results[v[0]]["best_valid_ppl"])
+        for name, label, paper in present:
+            r = results[name]
+            rank = 1 + [v[0] for v in ranked].index(name)
+            rows.append([title, label, fmt(r["best_valid_ppl"]), str(rank), f"{r['epochs']:.2f}",
+                         f"{r['tokens_per_s']:,.0f}", paper or "-"])
+        figures.append((title, [(label, results[n]["valid_curve_minutes_ppl"]) for n, label, _ in present]))
+    table = common.markdown_table(
+        ["ablation", "variant", "best valid ppl", "rank", "epochs", "train tokens/s", "paper (test ppl)"], rows)
+    fig, axes = plt.subplots(1, len(figures), figsize=(5 * len(figures), 4.2), squeeze=False)
+    for ax, (title, series) in zip(axes[0], figures):
+        for label, points in series:
+            if points:
+                ax.plot(*zip(*points), "o-", markersize=3, label=label)
+        finite = [p for _, pts in series for _, p in pts if math.isfinite(p)]
+        if finite:
+            ax.set_ylim(min(finite) * 0.9, min(max(finite), min(finite) * 3))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("wall-clock minutes")
+        ax.set_ylabel("validation perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    notes = [
+        f"Every variant trains `configs/wikitext2-ablation.toml` with one change, for {args.minutes:g} minutes of "
+        f"wall-clock with {args.threads} torch thread{'s' if args.threads != 1 else ''}, {args.jobs} runs at a time. "
+        "Valid perplexity is on the whole validation split in blocks of the training context; rank 1 is the best "
+        "of its group. The paper's numbers are test perplexities of full-size models trained for days on "
+        "WikiText-103 or Google Billion Word: compare rankings, not values.",
+    ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups]
+    result = dict(head, title=f"Ablations on WikiText-2, {args.minutes:g} minutes each", minutes=args.minutes,
+                  threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table, notes=notes)
+    common.write_report("quality-ablations", result, fig, args.out_dir)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["recipe", "ablations"])
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock budget per run (default: 60 for recipe, 4 for ablations)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2, one per core here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="recipe: model names (gcnn lstm transformer); ablations: groups (" +
+                        " ".join(ABLATIONS) + ")")
+    parser.add_argument("--runs", type=Path, default=RUNS, help="where run folders go (default: runs/quality)")
+    parser.add_argument("--corpus", type=Path, default=common.WIKITEXT2, help="the WikiText-2 folder")
+    parser.add_argument("--force", action="store_true", help="retrain runs that have finished")
+    parser.add_argument("--report", action="store_true", help="only write the report from finished runs")
+    parser.add_argument("--out-dir", type=Path, default=common.RESULTS)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    args.minutes = args.minutes or (60.0 if args.kind == "recipe" else 4.0)
+    common.check_positive(parser, args, "jobs", "threads")
+    if args.kind == "recipe":
+        jobs = recipe_jobs()
+        names = args.only or [j.name for j in jobs]
+        unknown = set(names) - {j.name for j in jobs}
+        if unknown:
+            parser.error(f"--only: unknown model(s) {', '.join(sorted(unknown))}; choose from gcnn lstm transformer")
+        jobs = [j for j in jobs if j.name in names]
+    else:
+        groups = args.only or list(ABLATIONS)
+        unknown = set(groups) - set(ABLATIONS)
+        if unknown:
+            parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {' '.join(ABLATIONS)}")
+        jobs = ablation_jobs(groups)
+    args.threads_note = args.threads
+    head = common.start(argparse.Namespace(threads=None, note=args.note, smoke=False))
+    data = prepare_data(args)
+    started = time.time()
+    results = run_all(jobs, data, args, test=args.kind == "recipe")
+    print(f"bench_quality: {len(results)} runs in {time.time() - started:,.0f} s", file=sys.stderr)
+    if args.kind == "recipe":
+        report_recipe(results, jobs, head, args)
+    else:
+        report_ablations(results, groups, head, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -267,7 +267,7 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, figures = [], []
+    rows, figures, verdicts = [], [], []
     for group in groups:
         title, variants = ABLATIONS[group]
         present = [(n, label, paper) for n, label, _, paper in variants if n in results]
@@ -278,6 +278,7 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
             rows.append([title, label, fmt(r["best_valid_ppl"]), str(rank), f"{r['epochs']:.2f}",
                          f"{r['tokens_per_s']:,.0f}", paper or "-"])
         figures.append((title, [(label, results[n]["valid_curve_minutes_ppl"]) for n, label, _ in present]))
+        verdicts.append(ranking_verdict(title, present, results))
     table = common.markdown_table(
         ["ablation", "variant", "best valid ppl", "rank", "epochs", "train tokens/s", "paper (test ppl)"], rows)
     fig, axes = plt.subplots(1, len(figures), figsize=(5 * len(figures), 4.2), squeeze=False)
@@ -300,10 +301,25 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
         "Valid perplexity is on the whole validation split in blocks of the training context; rank 1 is the best "
         "of its group. The paper's numbers are test perplexities of full-size models trained for days on "
         "WikiText-103 or Google Billion Word: compare rankings, not values.",
-    ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups]
+    ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups] + [v for v in verdicts if v]
     result = dict(head, title=f"Ablations on WikiText-2, {args.minutes:g} minutes each", minutes=args.minutes,
                   threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table, notes=notes)
     common.write_report("quality-ablations", result, fig, args.out_dir)
+
+
+def ranking_verdict(title: str, present: list[tuple[str, str, str]], results: dict[str, dict[str, Any]]) -> str:
+    """Whether this run's order of the variants (best valid ppl) is the paper's (its test ppl), in words."""
+    with_paper = [(label, float(paper), results[name]["best_valid_ppl"]) for name, label, paper in present if paper]
+    if len(with_paper) < 2:
+        ours = " < ".join(label for _, label, _ in sorted(present, key=lambda v: results[v[0]]["best_valid_ppl"]))
+        return f"{title}: here {ours} (best first); the paper gives no numbers to rank against." if ours else ""
+    ours = [label for label, _, mine in sorted(with_paper, key=lambda v: v[2])]
+    paper = [label for label, theirs, _ in sorted(with_paper, key=lambda v: v[1])]
+    if ours == paper:
+        return f"{title}: the ranking agrees with the paper's ({' < '.join(ours)}, best first)."
+    swapped = [f"{a} / {b}" for i, a in enumerate(ours) for b in ours[i + 1:] if paper.index(a) > paper.index(b)]
+    return (f"{title}: the ranking differs from the paper's: here {' < '.join(ours)}, in the paper "
+            f"{' < '.join(paper)} (best first); pairs in the other order: {', '.join(swapped)}.")
 
 
 # ------------------------------------------------------------------------------------------------ command line

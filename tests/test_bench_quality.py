@@ -60,7 +60,7 @@ def fake_run(folder: Path, curve: list[tuple[float, float]], params: int = 1000)
 
 def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     runs = tmp_path / "runs"
-    for name, final in (("glu", 200.0), ("gtu", 230.0), ("relu", 260.0), ("tanh", 400.0)):
+    for name, final in (("glu", 200.0), ("gtu", 260.0), ("relu", 230.0), ("tanh", 400.0)):
         fake_run(runs / "ablations" / name, [(1.0, 900.0), (2.0, final)])
     args = argparse.Namespace(runs=runs, kind="ablations", report=True, force=False, minutes=4.0, threads=1, jobs=1,
                               out_dir=tmp_path / "out")
@@ -74,7 +74,12 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     report = json.loads(next((tmp_path / "out").glob("*-quality-ablations.json")).read_text())
     rows = {line.split(" | ")[1]: line for line in report["table_markdown"].splitlines()[2:]}
     assert " | 200.0 | 1 | " in rows["GLU"] and " | 400.0 | 4 | " in rows["Tanh"] and "67.2" in rows["Tanh"]
+    assert "the ranking agrees with the paper's (GLU < ReLU < GTU < Tanh" in " ".join(report["notes"])
     assert next((tmp_path / "out").glob("*-quality-ablations.png")).read_bytes()[:4] == b"\x89PNG"
+
+    swapped = dict(results, gtu=dict(results["gtu"], best_valid_ppl=220.0))
+    verdict = bq.ranking_verdict("Gates", [(n, n, p) for n, _, _, p in bq.ABLATIONS["gates"][1]], swapped)
+    assert "differs" in verdict and "pairs in the other order: gtu / relu" in verdict
 
     # the recipe report: test perplexities come from each run's cached `gcnn eval` result
     for name, ppl in (("gcnn", 120.0), ("lstm", 150.0)):

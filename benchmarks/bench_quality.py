@@ -3,14 +3,16 @@ the paper's ablations at small scale. Every run is a real ``gcnn train`` (a subp
 to ``--jobs`` at once), so what is reported is what a user of the recipes gets.
 
     python benchmarks/bench_quality.py recipe              # configs/wikitext2-*.toml, 60 minutes each, test ppl
-    python benchmarks/bench_quality.py ablations           # gates, gating, weight norm, clipping, context length
+    python benchmarks/bench_quality.py ablations           # gates, gating, weight norm, clipping, context (300 updates)
     python benchmarks/bench_quality.py recipe --report     # redraw the report from the finished run folders
 
 Run folders go under ``runs/quality/`` (``--runs``); a finished run is reused, not retrained (``--force`` retrains),
 an unfinished one is started again. WikiText-2 is read from ../shared/data/wikitext-2 (``--corpus``) and prepared
-once into ``runs/quality/wikitext-2``. Budgets are wall-clock (``max_minutes``, validation included) and the cosine
-schedules decay over that time, so every run of a comparison gets the same budget on the same machine; runs that
-share the machine (``--jobs 2`` on 2 cores) each get one core.
+once into ``runs/quality/wikitext-2``. The recipe comparison's budget is wall-clock (``max_minutes``, validation
+included; the cosine schedules decay over that time), the same for the three models running side by side. The
+ablations' budget is a number of updates (``--updates``, the same tokens for every variant), as runs of a few minutes
+one after another would otherwise get different shares of a shared machine; their curves are still drawn against the
+wall-clock each run took. Runs that share the machine (``--jobs 2`` on 2 cores) each get one core.
 """
 
 from __future__ import annotations
@@ -133,8 +135,9 @@ def train(job: Job, data: Path, args: argparse.Namespace) -> Path:
         shutil.rmtree(run)
     run.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "gcnn", "train", "--data", str(data), "--config", str(job.recipe),
-               "--out", str(run), "--quiet", "--set", f"threads={args.threads}",
-               "--set", f"max_minutes={args.minutes}"]
+               "--out", str(run), "--quiet", "--set", f"threads={args.threads}", "--set", f"max_minutes={args.minutes}"]
+    if args.updates:  # an update budget; the minutes are then only a guard against a run that crawls
+        command += ["--set", f"max_updates={args.updates}"]
     for item in job.sets:
         command += ["--set", item]
     print(f"[{job.name}] {' '.join(command[2:])}", file=sys.stderr, flush=True)
@@ -275,12 +278,14 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
         for name, label, paper in present:
             r = results[name]
             rank = 1 + [v[0] for v in ranked].index(name)
+            minutes = r["valid_curve_minutes_ppl"][-1][0] if r["valid_curve_minutes_ppl"] else math.nan
             rows.append([title, label, fmt(r["best_valid_ppl"]), str(rank), f"{r['epochs']:.2f}",
-                         f"{r['tokens_per_s']:,.0f}", paper or "-"])
+                         f"{minutes:.1f}", f"{r['tokens_per_s']:,.0f}", paper or "-"])
         figures.append((title, [(label, results[n]["valid_curve_minutes_ppl"]) for n, label, _ in present]))
         verdicts.append(ranking_verdict(title, present, results))
     table = common.markdown_table(
-        ["ablation", "variant", "best valid ppl", "rank", "epochs", "train tokens/s", "paper (test ppl)"], rows)
+        ["ablation", "variant", "best valid ppl", "rank", "epochs", "minutes", "train tokens/s", "paper (test ppl)"],
+        rows)
     fig, axes = plt.subplots(1, len(figures), figsize=(5 * len(figures), 4.2), squeeze=False)
     for ax, (title, series) in zip(axes[0], figures):
         for label, points in series:
@@ -296,13 +301,14 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
         ax.legend(fontsize=8)
     fig.tight_layout()
     notes = [
-        f"Every variant trains `configs/wikitext2-ablation.toml` with one change, for {args.minutes:g} minutes of "
-        f"wall-clock with {args.threads} torch thread{'s' if args.threads != 1 else ''}, {args.jobs} runs at a time. "
+        f"Every variant trains `configs/wikitext2-ablation.toml` with one change, for {args.updates} updates of "
+        f"4,096 tokens (the cosine decays over them) with {args.threads} torch thread{'s' if args.threads != 1 else ''},"
+        f" {args.jobs} run{'s' if args.jobs != 1 else ''} at a time; 'minutes' is the wall-clock each took. "
         "Valid perplexity is on the whole validation split in blocks of the training context; rank 1 is the best "
         "of its group. The paper's numbers are test perplexities of full-size models trained for days on "
         "WikiText-103 or Google Billion Word: compare rankings, not values.",
     ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups] + [v for v in verdicts if v]
-    result = dict(head, title=f"Ablations on WikiText-2, {args.minutes:g} minutes each", minutes=args.minutes,
+    result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each", updates=args.updates,
                   threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table, notes=notes)
     common.write_report("quality-ablations", result, fig, args.out_dir)
 
@@ -327,7 +333,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["recipe", "ablations"])
     parser.add_argument("--minutes", type=float, default=None,
-                        help="wall-clock budget per run (default: 60 for recipe, 4 for ablations)")
+                        help="wall-clock budget per run (default: 60 for recipe; for ablations a guard of 20, as "
+                        "their budget is --updates)")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="update budget per run (ablations only; default 300 = 1.2M tokens, about 4 minutes of "
+                        "one core here); the cosine decays over it")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2, one per core here)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     parser.add_argument("--only", nargs="+", default=None,
@@ -340,7 +350,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS)
     parser.add_argument("--note", default="")
     args = parser.parse_args()
-    args.minutes = args.minutes or (60.0 if args.kind == "recipe" else 4.0)
+    args.minutes = args.minutes or (60.0 if args.kind == "recipe" else 20.0)
+    if args.kind == "recipe" and args.updates:
+        parser.error("--updates is for ablations: the recipe comparison's budget is --minutes of wall-clock")
+    args.updates = 0 if args.kind == "recipe" else (args.updates or 300)
     common.check_positive(parser, args, "jobs", "threads")
     if args.kind == "recipe":
         jobs = recipe_jobs()

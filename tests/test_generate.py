@@ -248,7 +248,14 @@ def test_bf16_weights_decode_close_to_fp32():
     assert generate(fast, [[1, 2, 3]], max_tokens=6, greedy=True)[0] == generate(fast, [[1, 2, 3]], max_tokens=6, greedy=True)[0]
 
 
-def test_cli_generate_bf16(tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_cli_generate_bf16_and_int8(tmp_path, capsys, dtype):
     run = make_run(tmp_path / "run", word_vocab(), adaptive_cutoffs=())
-    assert main(["generate", str(run), "--prompt", "the cat", "--max-tokens", "4", "--greedy", "--dtype", "bf16"]) == 0
+    assert main(["generate", str(run), "--prompt", "the cat", "--max-tokens", "4", "--greedy", "--dtype", dtype]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_cli_generate_int8_refuses_a_model_without_convolutions(tmp_path, capsys):
+    run = make_run(tmp_path / "lstm", word_vocab(), arch="lstm-tiny", adaptive_cutoffs=())
+    assert main(["generate", str(run), "--prompt", "the", "--max-tokens", "2", "--dtype", "int8"]) == 2
+    assert "--dtype int8 is for GCNN models" in capsys.readouterr().err

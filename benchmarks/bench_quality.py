@@ -58,6 +58,9 @@ def recipe_jobs() -> list[Job]:
 
 
 ABLATION_RECIPE = CONFIGS / "wikitext2-ablation.toml"
+# --base: the paper's optimiser (Nesterov 0.99, lr 1, clip 0.1), or the AdamW of the CPU recipe, which trains much
+# further in a few minutes, so that a ranking can be checked under both
+ABLATION_BASES = {"paper": ABLATION_RECIPE, "adamw": CONFIGS / "wikitext2-ablation-adamw.toml"}
 
 # group -> (title, [(name, label, sets, the paper's number)]); "glu" is the shared base run
 PAPER_NOTE = {
@@ -98,11 +101,11 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
 }
 
 
-def ablation_jobs(groups: list[str]) -> list[Job]:
+def ablation_jobs(groups: list[str], base: str = "paper") -> list[Job]:
     jobs: dict[str, Job] = {}
     for group in groups:
         for name, label, sets, paper in ABLATIONS[group][1]:
-            jobs.setdefault(name, Job(name, label, ABLATION_RECIPE, sets, group, paper))
+            jobs.setdefault(name, Job(name, label, ABLATION_BASES[base], sets, group, paper))
     return list(jobs.values())
 
 
@@ -126,7 +129,7 @@ def finished(run: Path) -> bool:
 
 
 def train(job: Job, data: Path, args: argparse.Namespace) -> Path:
-    run = args.runs / args.kind / job.name
+    run = args.runs / args.kind_dir / job.name
     if finished(run) and not args.force:
         print(f"[{job.name}] reusing the finished run in {run}", file=sys.stderr, flush=True)
         return run
@@ -141,7 +144,7 @@ def train(job: Job, data: Path, args: argparse.Namespace) -> Path:
     for item in job.sets:
         command += ["--set", item]
     print(f"[{job.name}] {' '.join(command[2:])}", file=sys.stderr, flush=True)
-    with open(args.runs / args.kind / f"{job.name}.log", "w") as log:
+    with open(args.runs / args.kind_dir / f"{job.name}.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise RuntimeError(f"[{job.name}] gcnn train exited with {code}; see {log.name}")
@@ -174,7 +177,7 @@ def run_all(jobs: list[Job], data: Path, args: argparse.Namespace, *, test: bool
     if args.report:
         results = {}
         for job in jobs:
-            run = args.runs / args.kind / job.name
+            run = args.runs / args.kind_dir / job.name
             if finished(run):
                 results[job.name] = summarize(run)
                 if test and (run / "test_eval.json").is_file():
@@ -301,16 +304,19 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
         ax.legend(fontsize=8)
     fig.tight_layout()
     notes = [
-        f"Every variant trains `configs/wikitext2-ablation.toml` with one change, for {args.updates} updates of "
+        f"Every variant trains `configs/{ABLATION_BASES[args.base].name}` with one change, for {args.updates} updates of "
         f"4,096 tokens (the cosine decays over them) with {args.threads} torch thread{'s' if args.threads != 1 else ''},"
         f" {args.jobs} run{'s' if args.jobs != 1 else ''} at a time; 'minutes' is the wall-clock each took. "
         "Valid perplexity is on the whole validation split in blocks of the training context; rank 1 is the best "
         "of its group. The paper's numbers are test perplexities of full-size models trained for days on "
         "WikiText-103 or Google Billion Word: compare rankings, not values.",
     ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups] + [v for v in verdicts if v]
-    result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each", updates=args.updates,
+    optimiser = "the paper's optimiser" if args.base == "paper" else "AdamW"
+    result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each, {optimiser}",
+                  updates=args.updates, base=args.base,
                   threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table, notes=notes)
-    common.write_report("quality-ablations", result, fig, args.out_dir)
+    common.write_report("quality-ablations" + ("" if args.base == "paper" else f"-{args.base}"), result, fig,
+                        args.out_dir)
 
 
 def ranking_verdict(title: str, present: list[tuple[str, str, str]], results: dict[str, dict[str, Any]]) -> str:
@@ -343,6 +349,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None,
                         help="recipe: model names (gcnn lstm transformer); ablations: groups (" +
                         " ".join(ABLATIONS) + ")")
+    parser.add_argument("--base", choices=list(ABLATION_BASES), default="paper",
+                        help="ablations: the base recipe's optimiser, the paper's (configs/wikitext2-ablation.toml, "
+                        "default) or AdamW (configs/wikitext2-ablation-adamw.toml)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where run folders go (default: runs/quality)")
     parser.add_argument("--corpus", type=Path, default=common.WIKITEXT2, help="the WikiText-2 folder")
     parser.add_argument("--force", action="store_true", help="retrain runs that have finished")
@@ -367,7 +376,8 @@ def main() -> None:
         unknown = set(groups) - set(ABLATIONS)
         if unknown:
             parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {' '.join(ABLATIONS)}")
-        jobs = ablation_jobs(groups)
+        jobs = ablation_jobs(groups, args.base)
+    args.kind_dir = args.kind if args.kind == "recipe" or args.base == "paper" else f"ablations-{args.base}"
     args.threads_note = args.threads
     head = common.start(argparse.Namespace(threads=None, note=args.note, smoke=False))
     data = prepare_data(args)

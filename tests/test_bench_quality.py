@@ -23,20 +23,22 @@ def bq():
     sys.path.remove(str(BENCHMARKS))
 
 
-def test_every_job_is_a_valid_run_and_changes_what_it_says(bq):
-    base = build_config(recipe=bq.ABLATION_RECIPE, flags={"data": "d", "out": "o"})
+@pytest.mark.parametrize("base_name", ["paper", "adamw"])
+def test_every_job_is_a_valid_run_and_changes_what_it_says(bq, base_name):
+    base = build_config(recipe=bq.ABLATION_BASES[base_name], flags={"data": "d", "out": "o"})
     base_model = resolve_model_config(base.model, 33278)
-    jobs = bq.recipe_jobs() + bq.ablation_jobs(list(bq.ABLATIONS))
+    assert (base.optimizer, base.lr) == (("nesterov", 1.0) if base_name == "paper" else ("adamw", 5e-3))
+    jobs = bq.recipe_jobs() + bq.ablation_jobs(list(bq.ABLATIONS), base_name)
     assert len({j.name for j in jobs}) == len(jobs)
     for job in jobs:
         config = build_config(recipe=job.recipe, sets=job.sets, flags={"data": "d", "out": "o"})
         model = resolve_model_config(config.model, 33278)
         assert config.schedule == "cosine", job.name
-        if job.recipe == bq.ABLATION_RECIPE:  # an update budget: the same tokens for every variant
+        if job.recipe == bq.ABLATION_BASES[base_name]:  # an update budget: the same tokens for every variant
             assert config.max_updates > 0, job.name
         else:  # the recipe comparison: an hour of wall-clock, the cosine decaying over it
             assert config.max_minutes == 60 and config.max_updates == 0 and config.max_epochs == 0, job.name
-        if job.recipe == bq.ABLATION_RECIPE:  # one change from the base, and the same tokens per update
+        if job.recipe == bq.ABLATION_BASES[base_name]:  # one change from the base, and the same tokens per update
             assert config.batch_size * config.context == base.batch_size * base.context, job.name
             changed = {k for k, v in vars(model).items() if getattr(base_model, k) != v}
             changed |= {k for k, v in config.to_dict().items() if k not in ("model",) and getattr(base, k) != v}
@@ -66,7 +68,7 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     runs = tmp_path / "runs"
     for name, final in (("glu", 200.0), ("gtu", 260.0), ("relu", 230.0), ("tanh", 400.0)):
         fake_run(runs / "ablations" / name, [(1.0, 900.0), (2.0, final)])
-    args = argparse.Namespace(runs=runs, kind="ablations", report=True, force=False, minutes=20.0, updates=300, threads=1, jobs=1,
+    args = argparse.Namespace(runs=runs, kind="ablations", kind_dir="ablations", base="paper", report=True, force=False, minutes=20.0, updates=300, threads=1, jobs=1,
                               out_dir=tmp_path / "out")
     jobs = bq.ablation_jobs(["gates"])
     results = bq.run_all(jobs, runs / "wikitext-2", args, test=False)
@@ -89,7 +91,8 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     for name, ppl in (("gcnn", 120.0), ("lstm", 150.0)):
         fake_run(runs / "recipe" / name, [(30.0, ppl + 10), (60.0, ppl)])
         (runs / "recipe" / name / "test_eval.json").write_text(json.dumps({"perplexity": ppl - 5}))
-    args.kind, args.minutes = "recipe", 60.0
+    args.kind = args.kind_dir = "recipe"
+    args.minutes = 60.0
     results = bq.run_all(bq.recipe_jobs(), runs / "wikitext-2", args, test=True)
     assert set(results) == {"gcnn", "lstm"} and results["gcnn"]["test"]["perplexity"] == 115.0
     bq.report_recipe(results, bq.recipe_jobs(), head, args)

@@ -70,6 +70,7 @@ PAPER_NOTE = {
     "regularization": "Google Billion Word, one pass: with both 51.3, without weight norm 59.6, without clipping 79.8",
     "context": "returns fall off sharply beyond ~40 tokens of context",
 }
+PAIR_BLOCKS = "model.blocks=[{layers=[[4,256]],residual=false},{layers=[[4,256],[4,256]],repeat=3}]"
 ABLATIONS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
     "gates": ("GLU against GTU, ReLU and Tanh", [
         ("glu", "GLU", [], "47.1"),
@@ -82,9 +83,11 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
         ("bilinear", "bilinear", ["model.gate=bilinear"], "62.0"),
         ("linear", "linear", ["model.gate=linear"], "111.9"),
     ]),
+    # gcnn-small's residual blocks hold one convolution each, where the two placements are the same function: this
+    # pair uses blocks of two convolutions (GCNN-9's shape: a plain layer, then 3 residual blocks of two [4, 256])
     "placement": ("Gate after every convolution against once per block", [
-        ("glu", "after every convolution", [], ""),
-        ("block-gate", "once per block", ["model.gate_placement=block"], ""),
+        ("pairs-layer-gate", "after every convolution", [PAIR_BLOCKS], ""),
+        ("pairs-block-gate", "once per block", [PAIR_BLOCKS, "model.gate_placement=block"], ""),
     ]),
     "regularization": ("Weight normalization and gradient clipping", [
         ("glu", "both", [], "51.3"),

@@ -46,6 +46,9 @@ def test_every_job_is_a_valid_run_and_changes_what_it_says(bq, base_name):
             if job.name.startswith("context-"):
                 expected = {"context", "batch_size"}
             assert changed == expected, (job.name, changed)
+            if job.group == "placement":  # blocks of two convolutions, where gating per layer or per block differ
+                assert all(len(b.layers) == 2 for b in model.blocks[1:]) and model.gate_placement == (
+                    "block" if "block-gate" in job.name else "layer")
     gates = {resolve_model_config(build_config(recipe=j.recipe, sets=j.sets, flags={"data": "d", "out": "o"}).model,
                                   33278).gate for j in bq.ablation_jobs(["gates", "linear"])}
     assert gates == {"glu", "gtu", "relu", "tanh", "bilinear", "linear"}

@@ -194,6 +194,7 @@ def summarize(run: Path) -> dict[str, Any]:
     info = json.loads((run / "run.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     valid = [(r["time"] / 60, r["ppl"]) for r in records if r.get("kind") == "valid"]
+    train_ppl = [r["ppl"] for r in records if r.get("kind") == "train"]
     return {
         "run": str(run.relative_to(common.REPO)) if run.is_relative_to(common.REPO) else str(run),
         "arch": info["model_config"].get("arch") or "custom",
@@ -204,6 +205,7 @@ def summarize(run: Path) -> dict[str, Any]:
         "tokens_per_s": info["tokens_per_s"],
         "best_valid_ppl": info["best_valid_ppl"],
         "final_valid_ppl": valid[-1][1] if valid else None,
+        "final_train_ppl": train_ppl[-1] if train_ppl else None,  # the last logging window's, with dropout on
         "valid_curve_minutes_ppl": valid,
         "train_config": {k: info["train_config"][k] for k in ("optimizer", "lr", "batch_size", "context",
                                                                 "clip_norm", "precision", "max_minutes")},
@@ -261,6 +263,20 @@ def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dic
     if gcnn is not None:
         verdict = "reaches" if gcnn <= 100 else "does not reach"
         notes.append(f"The GCNN recipe {verdict} the target of test perplexity 100: {gcnn:.1f}.")
+    for job in jobs:  # what limits each run: still improving at the end (compute), or a train/valid gap (data)
+        r = results.get(job.name)
+        curve = r["valid_curve_minutes_ppl"] if r else []
+        if len(curve) < 3:
+            continue
+        end = curve[-1][0]
+        earlier = [p for t, p in curve if t <= 0.75 * end]
+        if earlier:
+            notes.append(
+                f"{job.label.split(' (')[0]}: validation perplexity {earlier[-1]:.1f} at {0.75 * end:.0f} minutes, "
+                f"{curve[-1][1]:.1f} at the end ({100 * (1 - curve[-1][1] / earlier[-1]):.0f}% lower in the last "
+                f"quarter); training perplexity in the last logging window {fmt(r.get('final_train_ppl'))} "
+                f"(dropout on), {r['epochs']:.1f} epochs at {r['tokens_per_s']:,.0f} tokens/s."
+            )
     result = dict(head, title=f"WikiText-2 in {args.minutes:g} minutes on a CPU: GCNN against LSTM and Transformer",
                   minutes=args.minutes, threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table,
                   notes=notes)

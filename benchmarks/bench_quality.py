@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 import common
 
 RUNS = common.REPO / "runs" / "quality"
+DIVERGED = "diverged.json"  # left in a run folder whose training gcnn train stopped on non-finite losses
 CONFIGS = common.REPO / "configs"
 
 
@@ -125,6 +127,9 @@ def prepare_data(args: argparse.Namespace) -> Path:
 
 
 def finished(run: Path) -> bool:
+    """A run that ended: at its budget, or diverged (gcnn train stopped it on non-finite losses)."""
+    if (run / DIVERGED).is_file():
+        return True
     try:
         return json.loads((run / "run.json").read_text()).get("status") == "finished"
     except (OSError, ValueError):
@@ -150,7 +155,12 @@ def train(job: Job, data: Path, args: argparse.Namespace) -> Path:
     with open(args.runs / args.kind_dir / f"{job.name}.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        raise RuntimeError(f"[{job.name}] gcnn train exited with {code}; see {log.name}")
+        message = [line for line in Path(log.name).read_text().splitlines() if "non-finite" in line]
+        if not message:
+            raise RuntimeError(f"[{job.name}] gcnn train exited with {code}; see {log.name}")
+        # divergence is a result of the comparison (the paper's lr 1 without clipping), not a failure of the benchmark
+        (run / DIVERGED).write_text(json.dumps({"message": message[-1]}) + "\n")
+        print(f"[{job.name}] diverged: {message[-1]}", file=sys.stderr, flush=True)
     return run
 
 
@@ -186,13 +196,27 @@ def run_all(jobs: list[Job], data: Path, args: argparse.Namespace, *, test: bool
                 if test and (run / "test_eval.json").is_file():
                     results[job.name]["test"] = json.loads((run / "test_eval.json").read_text())
         return results
+    def guarded(job: Job) -> tuple[str, dict[str, Any] | None]:
+        try:
+            return one(job)
+        except Exception as exc:  # one broken run must not cost the others: report it and go on
+            print(f"[{job.name}] FAILED: {exc}", file=sys.stderr, flush=True)
+            return job.name, None
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        return dict(pool.map(one, jobs))
+        done = dict(pool.map(guarded, jobs))
+    failed = [name for name, result in done.items() if result is None]
+    if failed:
+        print(f"bench_quality: {len(failed)} run(s) failed: {', '.join(failed)} (see their logs); the report "
+              "leaves them out", file=sys.stderr)
+    return {name: result for name, result in done.items() if result is not None}
 
 
 def summarize(run: Path) -> dict[str, Any]:
     info = json.loads((run / "run.json").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    diverged = json.loads((run / DIVERGED).read_text())["message"] if (run / DIVERGED).is_file() else None
     valid = [(r["time"] / 60, r["ppl"]) for r in records if r.get("kind") == "valid"]
     train_ppl = [r["ppl"] for r in records if r.get("kind") == "train"]
     return {
@@ -203,7 +227,8 @@ def summarize(run: Path) -> dict[str, Any]:
         "epochs": round(info["epochs"], 2),
         "tokens": info["tokens"],
         "tokens_per_s": info["tokens_per_s"],
-        "best_valid_ppl": info["best_valid_ppl"],
+        "best_valid_ppl": None if diverged else info["best_valid_ppl"],
+        "diverged": diverged,
         "final_valid_ppl": valid[-1][1] if valid else None,
         "final_train_ppl": train_ppl[-1] if train_ppl else None,  # the last logging window's, with dropout on
         "valid_curve_minutes_ppl": valid,
@@ -234,6 +259,11 @@ def curve_plot(title: str, series: list[tuple[str, list]], *, ylim: float | None
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def score(result: dict[str, Any]) -> float:
+    """A run's best validation perplexity for ranking; a diverged run ranks last."""
+    return math.inf if result.get("diverged") or result["best_valid_ppl"] is None else result["best_valid_ppl"]
 
 
 def fmt(value: float | None) -> str:
@@ -296,13 +326,16 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
     for group in groups:
         title, variants = ABLATIONS[group]
         present = [(n, label, paper) for n, label, _, paper in variants if n in results]
-        ranked = sorted(present, key=lambda v: results[v[0]]["best_valid_ppl"])
+        ranked = sorted(present, key=lambda v: score(results[v[0]]))
         for name, label, paper in present:
             r = results[name]
             rank = 1 + [v[0] for v in ranked].index(name)
             minutes = r["valid_curve_minutes_ppl"][-1][0] if r["valid_curve_minutes_ppl"] else math.nan
-            rows.append([title, label, fmt(r["best_valid_ppl"]), str(rank), f"{r['epochs']:.2f}",
-                         f"{minutes:.1f}", f"{r['tokens_per_s']:,.0f}", paper or "-"])
+            where = re.search(r"\(update \d+", r.get("diverged") or "")
+            ppl = (f"diverged{' at ' + where.group(0)[1:] if where else ''}" if r.get("diverged")
+                   else fmt(r["best_valid_ppl"]))
+            rows.append([title, label, ppl, str(rank), f"{r['epochs']:.2f}", f"{minutes:.1f}",
+                         f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "n/a", paper or "-"])
         figures.append((title, [(label, results[n]["valid_curve_minutes_ppl"]) for n, label, _ in present]))
         verdicts.append(ranking_verdict(title, present, results))
     table = common.markdown_table(
@@ -340,9 +373,9 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
 
 def ranking_verdict(title: str, present: list[tuple[str, str, str]], results: dict[str, dict[str, Any]]) -> str:
     """Whether this run's order of the variants (best valid ppl) is the paper's (its test ppl), in words."""
-    with_paper = [(label, float(paper), results[name]["best_valid_ppl"]) for name, label, paper in present if paper]
+    with_paper = [(label, float(paper), score(results[name])) for name, label, paper in present if paper]
     if len(with_paper) < 2:
-        ours = " < ".join(label for _, label, _ in sorted(present, key=lambda v: results[v[0]]["best_valid_ppl"]))
+        ours = " < ".join(label for _, label, _ in sorted(present, key=lambda v: score(results[v[0]])))
         return f"{title}: here {ours} (best first); the paper gives no numbers to rank against." if ours else ""
     ours = [label for label, _, mine in sorted(with_paper, key=lambda v: v[2])]
     paper = [label for label, theirs, _ in sorted(with_paper, key=lambda v: v[1])]

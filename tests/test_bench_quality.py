@@ -90,6 +90,17 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     verdict = bq.ranking_verdict("Gates", [(n, n, p) for n, _, _, p in bq.ABLATIONS["gates"][1]], swapped)
     assert "differs" in verdict and "pairs in the other order: gtu / relu" in verdict
 
+    # a run that diverged (gcnn train stopped on non-finite losses) is a result: ranked last, said so
+    fake_run(runs / "ablations" / "no-clipping", [(0.1, 5000.0)])
+    (runs / "ablations" / "no-clipping" / bq.DIVERGED).write_text(json.dumps(
+        {"message": "gcnn train: error: 5 updates in a row had a non-finite loss or gradient (update 9, loss nan"}))
+    regular = bq.run_all(bq.ablation_jobs(["regularization"]), runs / "wikitext-2", args, test=False)
+    assert regular["no-clipping"]["best_valid_ppl"] is None and regular["no-clipping"]["diverged"]
+    bq.report_ablations(dict(results, **regular), ["regularization"], head, args)
+    report = json.loads(next((tmp_path / "out").glob("*-quality-ablations.json")).read_text())
+    clip_row = next(line for line in report["table_markdown"].splitlines() if "without clipping" in line)
+    assert "| diverged at update 9 | 2 |" in clip_row  # glu is 1st, no-weight-norm has no run
+
     # the recipe report: test perplexities come from each run's cached `gcnn eval` result
     for name, ppl in (("gcnn", 120.0), ("lstm", 150.0)):
         fake_run(runs / "recipe" / name, [(30.0, ppl + 10), (60.0, ppl)])

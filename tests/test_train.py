@@ -174,6 +174,8 @@ def test_training_stops_when_non_finite_keeps_happening(prepared, tmp_path, monk
     poison_updates(monkeypatch, set(range(100)))
     with pytest.raises(TrainingError, match="3 updates in a row had a non-finite loss"):
         train(make_config(prepared, tmp_path / "run", "max_bad_updates=3"), silent=True)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "failed" and "3 updates in a row" in info["stop_reason"]
 
 
 def test_sigint_saves_a_checkpoint_that_resumes(prepared, tmp_path, monkeypatch):

@@ -292,6 +292,10 @@ class Trainer:
                     self._validate(step_schedule=True)
                     self._save()
             return self._finish(reason)
+        except TrainingError as exc:  # say so in run.json, which would otherwise still read "running"
+            if self.ctx.is_main:
+                self._write_run_file("failed", str(exc))
+            raise
         finally:
             self.progress.close()
             if self.metrics is not None:

@@ -224,6 +224,7 @@ def summarize(run: Path) -> dict[str, Any]:
         "arch": info["model_config"].get("arch") or "custom",
         "parameters": info["parameters"],
         "updates": info["updates"],
+        "started": str(info.get("started", "?")).replace("T", " ")[:16],
         "epochs": round(info["epochs"], 2),
         "tokens": info["tokens"],
         "tokens_per_s": info["tokens_per_s"],
@@ -278,16 +279,17 @@ def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dic
         if r is None:
             continue
         test = r.get("test", {})
-        rows.append([job.label, r["arch"], f"{r['parameters']:,}", f"{r['tokens_per_s']:,.0f}", f"{r['epochs']:.2f}",
-                     fmt(r["best_valid_ppl"]), fmt(test.get("perplexity"))])
+        rows.append([job.label, r["arch"], f"{r['parameters']:,}", r.get("started", "?"), f"{r['tokens_per_s']:,.0f}",
+                     f"{r['epochs']:.2f}", fmt(r["best_valid_ppl"]), fmt(test.get("perplexity"))])
     table = common.markdown_table(
-        ["model", "architecture", "parameters", "train tokens/s", "epochs", "best valid ppl", "test ppl"], rows)
+        ["model", "architecture", "parameters", "started", "train tokens/s", "epochs", "best valid ppl", "test ppl"],
+        rows)
     gcnn = results.get("gcnn", {}).get("test", {}).get("perplexity")
     notes = [
         f"Each run trains for {args.minutes:g} minutes of wall-clock (validation included) with {args.threads} "
-        f"torch thread{'s' if args.threads != 1 else ''}, {args.jobs} runs at a time on this "
-        f"{head['machine']['logical_cores']}-core machine, so every model gets the same budget and the same share "
-        "of the CPU. Test perplexity: `gcnn eval RUN --data runs/quality/wikitext-2 --split test` on the best "
+        f"torch thread{'s' if args.threads != 1 else ''} on this {head['machine']['logical_cores']}-core machine, "
+        "each while another run of the same length used the other core (see when each started), so every model "
+        "gets the same budget and the same share of the CPU. Test perplexity: `gcnn eval RUN --data runs/quality/wikitext-2 --split test` on the best "
         "checkpoint by validation (stream mode: every test token scored once with the model's full context).",
     ]
     if gcnn is not None:

@@ -298,3 +298,18 @@ def test_stream_windows_fit_a_transformers_positions():
     assert result.tokens == 150
     with pytest.raises(ConfigError, match="max_len"):
         perplexity(model, ids, eos_id=0, context=40, stride=30)
+
+
+def test_stream_windows_stay_within_a_transformers_training_context(tmp_path):
+    """Positions past the training context were never trained: a run trained on 16 tokens with max_len 64 is
+    evaluated in windows of at most 16 positions (its run.json says so), and refuses longer explicit windows."""
+    run = make_run(tmp_path / "tf", word_vocab(), arch="transformer-tiny")
+    (run / "run.json").write_text(json.dumps({"train_config": {"context": 16}}))
+    model, _ = load_run(run)
+    assert model.trained_positions == 16
+    result = perplexity(model, random_ids(100, seed=3, vocab_size=model.vocab_size), eos_id=0)
+    assert result.context + result.stride - 1 <= 16 and result.tokens == 100
+    with pytest.raises(ConfigError, match="positions past 16 were never trained"):
+        perplexity(model, random_ids(100, vocab_size=model.vocab_size), eos_id=0, context=10, stride=10)
+    (run / "run.json").write_text(json.dumps({"train_config": {"context": 64}}))  # trained on all its positions
+    assert not hasattr(load_run(run)[0], "trained_positions")

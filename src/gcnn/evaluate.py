@@ -18,6 +18,7 @@ Perplexity = exp(sum of -log p over the counted tokens / their number).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import contextmanager, nullcontext
@@ -118,6 +119,7 @@ def load_run(
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run folder not found")
     model = load_model(run_dir, map_location=device).eval()
+    _note_trained_positions(model, run_dir)
     if vocab is None:
         found = [run_dir / name for name in RUN_VOCAB_FILES if (run_dir / name).is_file()]
         if not found:
@@ -131,6 +133,19 @@ def load_run(
             f"{vocab}: vocabulary of {len(vocabulary):,} tokens, but the model in {run_dir} has {model.vocab_size:,}"
         )
     return model, vocabulary
+
+
+def _note_trained_positions(model: LanguageModel, run_dir: Path) -> None:
+    """A model with learned positions (``config.max_len``) trained on shorter sequences never learned the positions
+    past its training context: record that context (from the run's run.json) as ``model.trained_positions``, so that
+    stream evaluation keeps its windows within it."""
+    max_len = getattr(model.config, "max_len", None)
+    try:
+        context = int(json.loads((run_dir / "run.json").read_text())["train_config"]["context"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if max_len is not None and 0 < context < max_len:
+        model.trained_positions = context
 
 
 # ---------------------------------------------------------------------------------------------------- shared core
@@ -209,9 +224,14 @@ def stream_settings(model: LanguageModel, context: int | None, stride: int | Non
 
     Defaults: context = the model's receptive field (512 when it has none), stride = max(context, 512). A model
     that takes at most ``config.max_len`` positions at once (the Transformer) needs windows context + stride - 1
-    <= max_len: its defaults split max_len between the two (context (max_len+1)//2, stride the rest).
+    <= max_len: its defaults split max_len between the two (context (max_len+1)//2, stride the rest). When the model
+    was trained on shorter sequences (``model.trained_positions``, set by :func:`load_run` from run.json), that
+    length replaces max_len: the positions past it were never trained.
     """
     limit = getattr(model.config, "max_len", None)
+    trained = getattr(model, "trained_positions", None)
+    if limit is not None and trained is not None and trained < limit:
+        limit = trained
     if context is None:
         context = model.receptive_field or DEFAULT_UNBOUNDED_CONTEXT
         if limit is not None:
@@ -223,7 +243,9 @@ def stream_settings(model: LanguageModel, context: int | None, stride: int | Non
     if limit is not None and context + stride - 1 > limit:
         raise ConfigError(
             f"context {context} + stride {stride} - 1 exceeds the {limit} positions this model takes at once "
-            f"(max_len); lower --context or --stride"
+            + ("(max_len)" if limit == model.config.max_len else f"(its training context; max_len is "
+               f"{model.config.max_len} but positions past {limit} were never trained)")
+            + "; lower --context or --stride"
         )
     return context, stride
 

@@ -365,6 +365,16 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
         "of its group. The paper's numbers are test perplexities of full-size models trained for days on "
         "WikiText-103 or Google Billion Word: compare rankings, not values.",
     ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups] + [v for v in verdicts if v]
+    notes.append("One seed per variant: differences of a few percent may be run-to-run noise (not measured here).")
+    if "context" in groups:
+        from gcnn import build_model
+        from gcnn.train import build_config, resolve_model_config
+
+        base = build_config(recipe=ABLATION_BASES[args.base], flags={"data": "-", "out": "-"})
+        field = build_model(resolve_model_config(base.model, 100)).receptive_field
+        notes.append(f"The base model's receptive field is {field} tokens: a training context beyond it only changes "
+                     "how many positions of each block see a full window, so this group cannot show returns beyond "
+                     f"{field} tokens; the paper's claim is about models that see up to ~50.")
     optimiser = "the paper's optimiser" if args.base == "paper" else "AdamW"
     result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each, {optimiser}",
                   updates=args.updates, base=args.base,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -170,7 +171,7 @@ def test_perplexity(run: Path, data: Path, args: argparse.Namespace) -> dict[str
         return json.loads(cached.read_text())
     out = subprocess.run(
         [sys.executable, "-m", "gcnn", "eval", str(run), "--data", str(data), "--split", "test", "--json"],
-        capture_output=True, text=True, env=dict(__import__("os").environ, OMP_NUM_THREADS=str(args.threads)),
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
     )
     if out.returncode != 0:
         raise RuntimeError(f"gcnn eval {run} failed: {out.stderr.strip()}")
@@ -442,7 +443,7 @@ def main() -> None:
             parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {' '.join(ABLATIONS)}")
         jobs = ablation_jobs(groups, args.base)
     args.kind_dir = args.kind if args.kind == "recipe" or args.base == "paper" else f"ablations-{args.base}"
-    args.threads_note = args.threads
+    # the runs set their own threads (a train key); this process only orchestrates
     head = common.start(argparse.Namespace(threads=None, note=args.note, smoke=False))
     data = prepare_data(args)
     started = time.time()

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gcnn
 from gcnn.architectures import get_config
 from gcnn.cli import main
 from gcnn.errors import CheckpointError, DataError

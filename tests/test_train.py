@@ -83,6 +83,8 @@ def test_end_to_end_train_resume_and_loss_goes_down(prepared, tmp_path):
     records = read_metrics(run)
     train_records = [r for r in records if r["kind"] == "train"]
     assert [r["update"] for r in train_records] == list(range(1, 21))
+    times = [r["time"] for r in train_records]  # wall-clock since the run started: it goes on across the resume
+    assert times == sorted(times) and times[10] > times[9] > 0
     assert {"loss", "ppl", "lr", "grad_norm", "tokens_per_s", "tokens"} <= set(train_records[0])
     valid = [r["loss"] for r in records if r["kind"] == "valid"]
     assert len(valid) == 4 and valid[-1] < valid[0] - 0.3  # learned something, across the resume

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gcnn.data.vocab import VOCAB_FILE, Vocabulary
+from gcnn.data.vocab import Vocabulary
 from gcnn.errors import DataError
 
 MANIFEST_FILE = "manifest.json"

@@ -2,7 +2,8 @@
 
 ``RUN/metrics.jsonl`` has one JSON object per line: ``{"kind": "train", "update", "epoch", "tokens", "loss",
 "ppl", "lr", "grad_norm", "tokens_per_s", "skipped", "time"}`` every ``log_every`` updates and ``{"kind": "valid",
-"update", "epoch", "tokens", "loss", "ppl", "time"}`` at each validation. TensorBoard events go to ``RUN/tensorboard/``
+"update", "epoch", "tokens", "loss", "ppl", "time"}`` at each validation; ``time`` is wall-clock seconds since the run
+started, earlier invocations of a resumed run included. TensorBoard events go to ``RUN/tensorboard/``
 when the ``tensorboard`` package is installed. ``RUN/learning_curve.png`` is redrawn after every validation.
 """
 

@@ -68,7 +68,7 @@ class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, total_updates: int) -> None:
         self.kind = config.schedule
         self.budget_seconds = 60 * config.max_minutes if self.kind == "cosine" and not total_updates else 0.0
-        self._multiplier: WarmupCosine | None = None
+        self._multiplier: WarmupCosine | None = None  # the LambdaLR's multiplier (cosine and constant schedules)
         if self.kind == "plateau":
             self._torch = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience,
@@ -91,7 +91,7 @@ class Schedule:
 
     def after_update(self, seconds: float = 0.0) -> None:
         """Move on one update; ``seconds``: the run's wall-clock time so far (used by a time-budget cosine)."""
-        if self.by_time and self._multiplier is not None:
+        if self.by_time:  # only a cosine schedule has a time budget, and so a multiplier
             self._multiplier.time_fraction = seconds / self.budget_seconds
         if self.kind != "plateau":
             self._torch.step()

@@ -452,7 +452,8 @@ class Trainer:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "tokens": self.tokens,
             "skipped": self.skipped, "bad_in_a_row": self.bad_in_a_row, "best_valid_loss": self.best_loss,
             "best_update": self.best_update, "last_valid": list(self.last_valid),
-            "train_seconds": self.train_seconds, "wall_seconds": self._run_seconds(), "schedule_total": self.schedule_total,
+            "train_seconds": self.train_seconds, "wall_seconds": self._run_seconds(),
+            "schedule_total": self.schedule_total,
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "model_config": self.model_config.to_dict(), "world_size": self.ctx.world_size,
         }

@@ -1,4 +1,4 @@
-"""Issue 7's fast path, measured in one run against the plain PyTorch GCNN of reference_gcnn.py (GCNN-8 shape:
+"""The inference runtime (gcnn.runtime) and the training path, measured in one run against the plain PyTorch GCNN of reference_gcnn.py (GCNN-8 shape:
 embedding 280, 8 x [4,900], WikiText-2's 33,278 words, adaptive softmax 2000, 10000; the models of bench_train.py).
 
     python benchmarks/bench_fastpath.py                  # about 3-4 minutes on an idle 2-core machine
@@ -18,7 +18,7 @@ evaluation  The mean loss of a batch (16 x 256 tokens of WikiText-2 by default) 
 generation  Greedy batch-1 generation (a prompt, then one token per step), at 1 and at 2 threads: gcnn with its
             convolution cache in fp32; with bf16 weights (the model cast to bfloat16, no autocast, as
             `gcnn generate --dtype bf16` does); with bf16 weights and int8 convolution weights
-            (gcnn.model.use_int8_weights: an approximation, per-channel int8); the reference re-running the window
+            (gcnn.runtime.optimize(model, "int8"): an approximation, per-channel int8); the reference re-running the window
             of its last receptive-field tokens at each step (bench_generate_compare.py's "window" mode; it has no
             cache). One more contender reads a 1 GiB fp32 tensor (torch.sum): the memory read bandwidth. Weight
             bytes read per generated token: every convolution's effective weight matrix and bias (weight norm folded
@@ -52,7 +52,8 @@ import bench_train
 import common
 import models
 from bench_generate_compare import last_log_probs
-from gcnn.model import int8_linear_available, onednn_bf16_linear_available, use_int8_weights
+from gcnn import runtime
+from gcnn.runtime import int8_linear_available, onednn_bf16_linear_available
 from reference_gcnn import ReferenceGCNN
 
 BANDWIDTH_BYTES = 1 << 30  # the tensor the read bandwidth is measured on (smoke: 16 MiB)
@@ -400,7 +401,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         ]
         out.append(
             f"Batch-1 decoding at {threads} thread{'s' if threads != '1' else ''} (read bandwidth "
-            f"{g['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s): gcnn " + ", ".join(parts) + "; issue 7 asked for 2x "
+            f"{g['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s): gcnn " + ", ".join(parts) + "; the targets were 2x "
             "the reference and within 1.5x of the bound. int8 changes the results slightly (an approximation); "
             f"kernels in use: {', '.join(k for k, v in s['kernels'].items() if v) or 'plain F.linear only'}."
         )
@@ -412,7 +413,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         f"{100 * gcnn['matmul_share_of_self_cpu']:.0f}% (gcnn) and {100 * ref['matmul_share_of_self_cpu']:.0f}% "
         "(reference) of the profiled CPU time. Even at 100% of the peak a gcnn step would take "
         f"{gcnn['seconds_at_peak']:.3f} s, {prof['reference_seconds_over_gcnn_seconds_at_peak']:.2f}x faster than the "
-        "reference's: that is the most any implementation can gain over it here (issue 7 asked for 1.6x in bf16)."
+        "reference's: that is the most any implementation can gain over it here (the target was 1.6x in bf16)."
     )
     return out
 
@@ -505,8 +506,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     vocab = 200 if args.smoke else common.WIKITEXT2_VOCAB
     built = {name: m.eval() for name, m in models.build_models(vocab, smoke=args.smoke, names=["gcnn", "reference"]).items()}
-    gcnn_bf16 = copy.deepcopy(built["gcnn"]).to(torch.bfloat16)  # as `gcnn generate --dtype bf16`
-    gcnn_int8 = use_int8_weights(copy.deepcopy(gcnn_bf16))
+    # as `gcnn generate --dtype fp32|bf16|int8` runs them
+    gcnn_fp32, gcnn_bf16, gcnn_int8 = (runtime.optimize(copy.deepcopy(built["gcnn"]), d) for d in ("fp32", "bf16", "int8"))
     rounds = args.warmup + args.repeats
     stream, source = common.token_stream(rounds * args.batch_size * (args.seq_len + 1) + args.prompt_len, vocab)
     sequences = stream[: rounds * args.batch_size * (args.seq_len + 1)].view(rounds, args.batch_size, args.seq_len + 1)
@@ -521,7 +522,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "int8": weight_bytes_per_token(built["gcnn"], 2, int8_convolutions=True),
     }
     runs = {
-        "gcnn fp32 cache": (built["gcnn"], "cache", "fp32"),
+        "gcnn fp32 cache": (gcnn_fp32, "cache", "fp32"),
         "gcnn bf16 cache": (gcnn_bf16, "cache", "bf16"),
         "gcnn int8 cache": (gcnn_int8, "cache", "int8"),
         "reference fp32 window": (built["reference"], "window", "fp32"),
@@ -529,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated = generation(
         runs, prompt, args.new_tokens, args.repeats, args.gen_threads, bandwidth_bytes, bytes_per_token
     )
-    del gcnn_bf16, gcnn_int8
+    del gcnn_fp32, gcnn_bf16, gcnn_int8
 
     train_flops = {name: bench_train.flops_per_token(model, sequences[:, :, 1:], args.seq_len) for name, model in built.items()}
     profiled = profile_training(
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     result.update(
-        title="Fast path (issue 7): evaluation, batch-1 generation, and where a training step's time goes",
+        title="Fast path: evaluation, batch-1 generation, and where a training step's time goes",
         settings={
             "batch_size": args.batch_size,
             "seq_len": args.seq_len,

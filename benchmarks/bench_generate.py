@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import gcnn
+from gcnn import runtime
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("incremental", "window", "full")
@@ -97,7 +98,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
     rows = []
     for arch in args.archs:
         torch.manual_seed(0)
-        model = gcnn.build_model(arch, vocab_size=args.vocab_size, dropout=0.0).to(device).eval()
+        model = gcnn.build_model(arch, vocab_size=args.vocab_size, dropout=0.0).to(device)
+        runtime.optimize(model, "fp32")  # as `gcnn generate` runs it
         for length in args.contexts:
             context = torch.randint(0, args.vocab_size, (1, length), device=device)
             for method, seconds in measure_point(model, context, args.new_tokens, args.repeats).items():

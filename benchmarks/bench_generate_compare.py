@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 import common
 import models
+from gcnn import runtime
 from reference_gcnn import ReferenceGCNN
 
 MODES = ("cache", "window", "full")
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name: m.eval()
         for name, m in models.build_models(vocab, smoke=args.smoke, names=args.models, max_len=total).items()
     }
+    if "gcnn" in built:  # as `gcnn generate` runs it
+        runtime.optimize(built["gcnn"], "bf16" if args.precision == "bf16" else "fp32")
     valid = None if args.smoke else common.wikitext2_ids("valid")
     if valid is None:
         prompt, source = torch.randint(0, vocab, (1, args.prompt_len)), "uniform random ids"

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 import common
 import gcnn
-from gcnn.baselines import GBW_CUTOFFS
+from gcnn.architectures import GBW_CUTOFFS
 
 GBW_VOCAB = 793_471
 MODELS = ("lstm-2048", "gcnn-9", "gcnn-8b")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from gcnn.io import atomic_write_bytes
+from gcnn.fs import atomic_write
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -247,9 +247,9 @@ def write_report(name: str, result: dict[str, Any], figure: Any | None, out_dir:
     if figure is not None:
         png = io.BytesIO()
         figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
-        atomic_write_bytes(out_dir / f"{stem}.png", png.getvalue())
-    atomic_write_bytes(out_dir / f"{stem}.md", render_markdown(result, result["plot"]).encode())
-    atomic_write_bytes(out_dir / f"{stem}.json", text.encode())
+        atomic_write(out_dir / f"{stem}.png", png.getvalue())
+    atomic_write(out_dir / f"{stem}.md", render_markdown(result, result["plot"]).encode())
+    atomic_write(out_dir / f"{stem}.json", text.encode())
     print(f"report: {out_dir / stem}.{{json,md{',png' if figure is not None else ''}}}", file=sys.stderr)
     return out_dir / f"{stem}.json"
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import common
-from gcnn.io import atomic_write_bytes
+from gcnn.fs import atomic_write
 
 DOC = common.REPO / "docs" / "benchmarks.md"
 
@@ -149,7 +149,7 @@ def render(results: Path = common.RESULTS) -> str:
 
 def main() -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(DOC, render().encode())
+    atomic_write(DOC, render().encode())
     print(f"wrote {DOC}", file=sys.stderr)
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gcnn
-from gcnn import registry
-from gcnn.baselines import LSTMConfig, LSTMLM, SequenceTooLongError, TransformerConfig, TransformerLM
+from gcnn.baselines import LSTMLM, SequenceTooLongError, TransformerLM
+from gcnn.config import LSTMConfig, TransformerConfig
 from gcnn.cli import main as cli_main
 from gcnn.config import Block
 from gcnn.errors import CheckpointError, ConfigError
@@ -191,25 +191,25 @@ def test_transformer_positions_beyond_max_len_are_a_clear_error():
 def test_save_and_load_round_trip(kind, tmp_path):
     torch.manual_seed(7)
     model = BUILDERS[kind]().eval()
-    gcnn.save_model(model, tmp_path / "m")
+    gcnn.io.write_model(model, tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["model_type"] == model.config.model_type
-    loaded = gcnn.load_model(tmp_path / "m").eval()
+    loaded = gcnn.load(tmp_path / "m").eval()
     assert type(loaded) is type(model) and loaded.config == model.config
     tokens = torch.randint(0, V, (1, 6))
     assert torch.equal(loaded.next_token_log_probs(tokens), model.next_token_log_probs(tokens))
 
 
 def test_damaged_baseline_config_names_the_file(tmp_path):
-    gcnn.save_model(lstm(), tmp_path / "m")
+    gcnn.io.write_model(lstm(), tmp_path / "m")
     path = tmp_path / "m" / "config.json"
     data = json.loads(path.read_text())
     path.write_text(json.dumps(dict(data, hidden_units=3)))
     with pytest.raises(CheckpointError, match=r"config.json: unknown model key\(s\) hidden_units"):
-        gcnn.load_model(tmp_path / "m")
+        gcnn.load(tmp_path / "m")
     path.write_text(json.dumps(dict(data, proj_size=99)))
     with pytest.raises(CheckpointError, match=r"config.json: proj_size \(99\) must be smaller than hidden_dim \(12\)"):
-        gcnn.load_model(tmp_path / "m")
+        gcnn.load(tmp_path / "m")
 
 
 def test_named_baselines_build_by_name_with_overrides():
@@ -247,7 +247,7 @@ def test_bad_baseline_options_raise_config_errors():
 
 
 def test_archs_lists_the_baselines(capsys):
-    assert {"lstm-medium", "lstm-2048", "transformer-small"} <= set(registry.extra_architectures())
+    assert {"lstm-medium", "lstm-2048", "transformer-small"} <= set(gcnn.list_architectures())
     assert (
         cli_main(["archs", "--vocab-size", "1000", "--json", "--arch", "lstm-medium", "--arch", "transformer-small"])
         == 0

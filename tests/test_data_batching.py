@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gcnn.data import IGNORE_INDEX, Batches, PreparedData, batches, find_corpus, num_batches, prepare
+from gcnn.lm import IGNORE_INDEX
+from gcnn.data import Batches, PreparedData, batches, find_corpus, num_batches, prepare
 from gcnn.errors import ConfigError, DataError
 
 IDS = np.arange(1, 202)  # 201 distinct ids: every target value says where it came from

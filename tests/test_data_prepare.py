@@ -1,6 +1,7 @@
 """prepare: counts and OOV rates, formats, the prepared folder, atomicity, and every bad input's message."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_plain_format_with_punctuation_splitting_and_named_files(tmp_path):
     data = prepare(corpus, tmp_path / "out")
     # blank lines skipped in plain text: two lines, two <eos>
     assert data.vocab.decode(data.split("train")) == ["hello", ",", "world", "!", "<eos>", "hello", "again", ".", "<eos>"]
-    assert data.vocab.encode_text("Hello world") == data.vocab.encode(["hello", "world"])
+    assert data.vocab.encode(data.vocab.tokenize("Hello world")) == data.vocab.encode(["hello", "world"])
 
 
 def test_glob_patterns_name_several_files_in_order(tmp_path):
@@ -119,7 +120,7 @@ def test_bpe_vocabulary_is_frequency_sorted_and_round_trips(tmp_path):
     assert ids[-1] == v.eos_id
     assert v.detokenize(v.decode(ids[:-1])) == "the lazy fox"
     reloaded = PreparedData.open(data.path).vocab
-    assert reloaded.encode_text("the lazy fox") == ids[:-1]
+    assert reloaded.encode(reloaded.tokenize("the lazy fox")) == ids[:-1]
 
 
 def test_large_vocabularies_use_uint32(tmp_path):
@@ -154,7 +155,7 @@ def test_interrupted_prepare_keeps_the_previous_folder(tiny, tmp_path, monkeypat
         raise KeyboardInterrupt
 
     (tiny / "wiki.valid.tokens").write_text("a\n")
-    monkeypatch.setattr(corpus_module, "_install", interrupt)
+    monkeypatch.setattr(corpus_module, "_manifest", interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare(find_corpus(tiny), tmp_path / "out", overwrite=True)
     assert PreparedData.open(tmp_path / "out").split("train").tolist() == before
@@ -162,7 +163,7 @@ def test_interrupted_prepare_keeps_the_previous_folder(tiny, tmp_path, monkeypat
 
 
 def test_stale_partial_folders_of_dead_processes_are_removed(tiny, tmp_path):
-    stale = tmp_path / ".out.partial-99999999-abcd"
+    stale = tmp_path / ".out.tmp-99999999-abcd0123"
     stale.mkdir()
     (stale / "train.bin").write_bytes(b"\0\0")
     prepare(find_corpus(tiny), tmp_path / "out")
@@ -172,13 +173,13 @@ def test_stale_partial_folders_of_dead_processes_are_removed(tiny, tmp_path):
 def test_output_folder_rules(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
     prepare(find_corpus(tiny), tmp_path / "empty")  # an empty folder is fine
-    with pytest.raises(DataError, match="--force"):
+    with pytest.raises(DataError, match="already holds prepared data; pass overwrite=True to replace it"):
         prepare(find_corpus(tiny), tmp_path / "empty")
     prepare(find_corpus(tiny), tmp_path / "empty", overwrite=True)
     other = tmp_path / "home"
     other.mkdir()
     (other / "notes.txt").write_text("precious")
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(DataError, match="holds notes.txt, not prepared data"):
         prepare(find_corpus(tiny), other, overwrite=True)
     assert (other / "notes.txt").read_text() == "precious"
 
@@ -315,11 +316,21 @@ def test_line_endings_and_byte_order_mark_do_not_change_the_ids(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, message",
-    [({"min_count": 0}, "--min-count must be at least 1"), ({"max_size": 2}, "--max-size 2 leaves no room"),
-     ({"bpe": 2}, "--bpe 2 is too small"), ({"bpe": 100, "max_size": 50}, "--max-size is for word vocabularies")],
+    "options, message, flags",
+    [
+        ({"min_count": 0}, "{min_count} must be at least 1", ["--min-count", "0"]),
+        ({"max_size": 2}, "{max_size} 2 leaves no room", ["--max-size", "2"]),
+        ({"bpe": 2}, "{bpe} 2 is too small", ["--bpe", "2"]),
+        ({"bpe": 100, "max_size": 50}, "{max_size} is for word vocabularies; with {bpe}", ["--bpe", "100", "--max-size", "50"]),
+    ],
 )
-def test_bad_vocabulary_options_fail_before_reading(tiny, tmp_path, options, message):
-    with pytest.raises(DataError, match=message):
+def test_bad_vocabulary_options_fail_before_reading(tiny, tmp_path, options, message, flags, capsys):
+    """The library names its parameters; the command line names its flags for the same error."""
+    library = message.format(**{name: name for name in ("min_count", "max_size", "bpe")})
+    with pytest.raises(DataError, match=re.escape(library)):
         prepare(find_corpus(tiny), tmp_path / "out", **options)
+    assert not list(tmp_path.glob("*out*"))
+    assert main(["prepare", "--data", str(tiny), "--out", str(tmp_path / "out"), "--quiet", *flags]) == 2
+    cli = message.format(min_count="--min-count", max_size="--max-size", bpe="--bpe")
+    assert cli in capsys.readouterr().err
     assert not list(tmp_path.glob("*out*"))

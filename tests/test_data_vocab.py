@@ -34,7 +34,7 @@ def test_max_size_counts_the_special_tokens():
     v = Vocabulary.from_counts(counts_of("a a a b b c <eos>"), max_size=3)
     assert len(v) == 3
     assert v.itos == ["<unk>", "a", "<eos>"]  # <unk> = b + c = 3 ties with a; '<' sorts before 'a'
-    with pytest.raises(DataError, match="max-size 2"):
+    with pytest.raises(DataError, match="max_size 2"):
         Vocabulary.from_counts(counts_of("a b"), max_size=2)
 
 

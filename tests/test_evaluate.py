@@ -11,8 +11,8 @@ import torch
 import gcnn
 from gcnn.cli import main
 from gcnn.data import Corpus, Vocabulary, prepare
-from gcnn.errors import ConfigError, DataError
-from gcnn.evaluate import evaluate_split, load_run, perplexity, sentence_spans, stream_windows
+from gcnn.errors import CheckpointError, ConfigError, DataError
+from gcnn.evaluate import evaluate_split, perplexity, sentence_spans, stream_windows
 
 V = 80  # gcnn-tiny's cutoffs (20, 60) fit
 WORDS = "the cat sat on a mat and dog ran far away from big red house".split()
@@ -32,11 +32,10 @@ def word_vocab(sentences: bool = False) -> Vocabulary:
 
 
 def make_run(folder: Path, vocab: Vocabulary, seed: int = 0, arch: str = "gcnn-tiny", **overrides) -> Path:
-    """A run folder as `gcnn train` writes it: the model (config.json + model.safetensors) and vocab.txt."""
+    """A model folder as `gcnn train` writes it: config.json, model.safetensors and vocab.json."""
     torch.manual_seed(seed)
     model = gcnn.build_model(arch, vocab_size=len(vocab), **overrides)
-    gcnn.save_model(model, folder)
-    vocab.save(folder / "vocab.txt")
+    gcnn.io.write_model(model, folder, vocab=vocab)
     return folder
 
 
@@ -213,7 +212,7 @@ def test_cli_eval_json_and_text(tmp_path, capsys):
     run = make_run(tmp_path / "run", data.vocab, adaptive_cutoffs=())
     assert main(["eval", str(run), "--data", str(folder), "--split", "test", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    model, _ = load_run(run)
+    model = gcnn.load(run)
     expected = evaluate_split(model, data, "test")
     assert report["perplexity"] == pytest.approx(expected.perplexity, rel=1e-6)
     assert report["tokens"] == data.num_tokens("test") and report["unk"] == 2
@@ -260,13 +259,20 @@ def test_cli_eval_bad_options(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_load_run_needs_a_vocabulary(tmp_path):
-    run = make_run(tmp_path / "run", word_vocab())
-    (run / "vocab.txt").unlink()
-    with pytest.raises(gcnn.GcnnError, match="--vocab"):
-        load_run(run)
-    with pytest.raises(DataError, match="vocabulary of"):
-        load_run(run, vocab=Vocabulary.from_counts({"a": 1}).save(tmp_path / "v.json"))
+def test_a_model_folder_without_its_vocabulary(tmp_path, capsys):
+    """It loads (model.vocab is None); what needs a vocabulary asks for --vocab, which must be the model's."""
+    vocab = word_vocab()
+    run = make_run(tmp_path / "run", vocab)
+    (run / "vocab.json").unlink()
+    assert gcnn.load(run).vocab is None
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cat\n")
+    assert main(["score", str(run), "--input", str(lines)]) == 2
+    err = capsys.readouterr().err
+    assert "gcnn score needs the model's vocabulary" in err and "pass --vocab" in err
+    assert main(["score", str(run), "--input", str(lines), "--vocab", str(vocab.save(tmp_path / "v.json"))]) == 0
+    with pytest.raises(CheckpointError, match=rf"has 3 tokens but the model in .* has vocab_size {len(vocab)}"):
+        gcnn.load(run, vocab=Vocabulary.from_counts({"a": 1}).save(tmp_path / "small.json"))
 
 
 # --------------------------------------------------------------------------------------------- baselines
@@ -305,11 +311,11 @@ def test_stream_windows_stay_within_a_transformers_training_context(tmp_path):
     evaluated in windows of at most 16 positions (its run.json says so), and refuses longer explicit windows."""
     run = make_run(tmp_path / "tf", word_vocab(), arch="transformer-tiny")
     (run / "run.json").write_text(json.dumps({"train_config": {"context": 16}}))
-    model, _ = load_run(run)
+    model = gcnn.load(run)
     assert model.trained_positions == 16
     result = perplexity(model, random_ids(100, seed=3, vocab_size=model.vocab_size), eos_id=0)
     assert result.context + result.stride - 1 <= 16 and result.tokens == 100
     with pytest.raises(ConfigError, match="positions past 16 were never trained"):
         perplexity(model, random_ids(100, vocab_size=model.vocab_size), eos_id=0, context=10, stride=10)
     (run / "run.json").write_text(json.dumps({"train_config": {"context": 64}}))  # trained on all its positions
-    assert not hasattr(load_run(run)[0], "trained_positions")
+    assert gcnn.load(run).trained_positions is None

@@ -24,7 +24,7 @@ from gcnn.fairseq import (
     read_checkpoint,
     read_dictionary,
 )
-from gcnn.hub import load_pretrained
+from gcnn.io import load
 
 # residual from fc1 (first two layers), bottleneck blocks with r=3 (the first one widens 12 -> 20 through a
 # projection), a plain layer (r=0), then a layer whose residual comes from the plain layer's output (20 -> 16)
@@ -169,7 +169,8 @@ def test_cli_writes_a_pretrained_folder_with_the_same_log_probs(tmp_path, capsys
     out = tmp_path / "converted"
     assert main(["import-fairseq", str(ckpt), str(write_dictionary(tmp_path / "dict.txt")), str(out)]) == 0
     assert "10 convolution layers" in capsys.readouterr().out
-    model, vocab = load_pretrained(out)
+    model = load(out)
+    vocab = model.vocab
     assert vocab.itos[:6] == ["<s>", "<pad>", "</s>", "<unk>", "w0", "w1"] and vocab.bos_id == vocab.eos_id == 2
     card = (out / "README.md").read_text()
     assert "fconv_lm" in card and "/data/wiki103" in card and "not measured" in card

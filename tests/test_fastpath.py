@@ -1,4 +1,4 @@
-"""benchmarks/bench_fastpath.py (issue 7) runs end to end with --smoke and writes a complete dated report."""
+"""benchmarks/bench_fastpath.py runs end to end with --smoke and writes a complete dated report."""
 
 import json
 import sys

@@ -14,12 +14,13 @@ from gcnn.decoding import (
     choose_next,
     encode_prompt,
     generate,
+    generate_text,
     ids_to_text,
     top_k_filter,
     top_p_filter,
 )
 from gcnn.errors import ConfigError
-from gcnn.evaluate import load_run
+from gcnn.io import load
 from gcnn.model import GatedConvLM
 from test_evaluate import make_run, tiny_model, word_vocab
 
@@ -160,10 +161,10 @@ def test_temperature_and_sampling_follow_the_filtered_distribution():
 @pytest.mark.parametrize(
     "options,name",
     [
-        ({"temperature": 0}, "--temperature"),
-        ({"top_k": 0}, "--top-k"),
-        ({"top_p": 1.5}, "--top-p"),
-        ({"max_tokens": -1}, "--max-tokens"),
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"top_k": 0}, "top_k must be a positive integer"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"max_tokens": -1}, "max_tokens must be a non-negative integer"),
     ],
 )
 def test_bad_sampling_options(options, name):
@@ -189,14 +190,15 @@ def test_ids_to_text():
 
 
 def test_generate_text_from_python(tmp_path):
-    model, vocab = load_run(make_run(tmp_path / "run", word_vocab(sentences=True), adaptive_cutoffs=()))
-    texts = model.generate(["the cat", "a"], vocab, max_tokens=6, seed=0, allow_unk=False)
+    model = load(make_run(tmp_path / "run", word_vocab(sentences=True), adaptive_cutoffs=()))
+    vocab = model.vocab
+    texts = generate_text(model, vocab, ["the cat", "a"], max_tokens=6, seed=0, allow_unk=False)
     assert len(texts) == 2
     for text in texts:
         words = text.split()
         assert len(words) <= 6 and "<unk>" not in words and "<s>" not in words and "</s>" not in words
-    assert model.generate("the cat", vocab, max_tokens=6, greedy=True) == model.generate(
-        ["the cat"], vocab, max_tokens=6, greedy=True
+    assert generate_text(model, vocab, "the cat", max_tokens=6, greedy=True) == generate_text(
+        model, vocab, ["the cat"], max_tokens=6, greedy=True
     )
 
 
@@ -209,9 +211,10 @@ def test_cli_generate(tmp_path, capsys):
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["prompt"] for r in rows] == ["the cat", "a quokka"]
     assert "warning" in captured.err and "quokka" in captured.err
-    model, vocab = load_run(run)
+    model = load(run)
+    vocab = model.vocab
     with pytest.warns(UnknownWordWarning):
-        expected = model.generate(["the cat", "a quokka"], vocab, max_tokens=5, greedy=True)
+        expected = generate_text(model, vocab, ["the cat", "a quokka"], max_tokens=5, greedy=True)
     assert [r["text"] for r in rows] == expected
     assert main(["generate", str(run), "--max-tokens", "4", "--num-samples", "3", "--seed", "1", "--top-p", "0.9"]) == 0
     assert len([b for b in capsys.readouterr().out.split("\n\n") if b.strip()]) <= 3

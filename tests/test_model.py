@@ -10,6 +10,7 @@ import gcnn
 from gcnn.config import GATES, Block, ModelConfig
 from gcnn.errors import ConfigError
 from gcnn.model import CausalConv, ConvBlock, GatedConvLM
+from convs import CONV_CASES, close, random_conv, textbook_conv_and_grads
 
 V = 50
 
@@ -30,19 +31,36 @@ ALL_VARIANTS = [(g, p) for g in GATES for p in ("layer", "block")]
 
 @pytest.mark.parametrize("gate,placement", ALL_VARIANTS)
 @pytest.mark.parametrize("cutoffs", [(10, 30), ()])
-def test_causality_bit_for_bit(gate, placement, cutoffs):
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_causality_bit_for_bit(gate, placement, cutoffs, mode):
+    """Changing tokens after position t changes nothing at or before t, bit for bit: without gradients (eval) and in
+    the training path (train mode with gradients, dropout off, so that the outputs are deterministic)."""
     torch.manual_seed(0)
-    model = GatedConvLM(small_config(gate=gate, gate_placement=placement, adaptive_cutoffs=cutoffs)).eval()
+    model = GatedConvLM(small_config(gate=gate, gate_placement=placement, adaptive_cutoffs=cutoffs))
+    model.train(mode == "train")
+    grad = torch.enable_grad() if mode == "train" else torch.no_grad()
     tokens = torch.randint(0, V, (3, 17))
-    base = model.next_token_log_probs(tokens)
-    for t in (0, 5, 15):
-        changed = tokens.clone()
-        changed[:, t + 1 :] = torch.randint(0, V, changed[:, t + 1 :].shape)
-        assert not torch.equal(changed, tokens)
-        out = model.next_token_log_probs(changed)
-        assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"future tokens leaked into position <= {t}"
-        # and the future positions do depend on the changed tokens (the test could fail)
-        assert not torch.equal(out[:, t + 1 :], base[:, t + 1 :])
+    with grad:
+        base = model.next_token_log_probs(tokens)
+        assert base.requires_grad == (mode == "train")
+        for t in (0, 5, 15):
+            changed = tokens.clone()
+            changed[:, t + 1 :] = torch.randint(0, V, changed[:, t + 1 :].shape)
+            assert not torch.equal(changed, tokens)
+            out = model.next_token_log_probs(changed)
+            assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"future tokens leaked into position <= {t}"
+            # and the future positions do depend on the changed tokens (the test could fail)
+            assert not torch.equal(out[:, t + 1 :], base[:, t + 1 :])
+
+
+def test_a_cache_refuses_a_batch_of_another_size():
+    """A GCNN's cache holds the state of a fixed number of sequences, as the baselines' caches do."""
+    model = GatedConvLM(small_config()).eval()
+    cache = model.new_cache(2)
+    model.next_token_log_probs(torch.randint(0, V, (2, 3)), cache=cache)
+    with pytest.raises(ValueError, match="the cache holds 2 sequences but the tokens have batch size 3"):
+        model.next_token_log_probs(torch.randint(0, V, (3, 1)), cache=cache)
+    assert cache.length == 3  # the refused call left the cache as it was
 
 
 @pytest.mark.parametrize("cutoffs", [(10, 30), (5,), ()])
@@ -313,19 +331,19 @@ def test_causal_conv_matches_conv1d_with_groups():
 
 def test_save_and_load_round_trip(tmp_path):
     model = gcnn.build_model("gcnn-tiny", vocab_size=100, gate="gtu").eval()
-    gcnn.save_model(model, tmp_path / "m")
-    loaded = gcnn.load_model(tmp_path / "m").eval()
+    gcnn.io.write_model(model, tmp_path / "m")
+    loaded = gcnn.load(tmp_path / "m").eval()
     assert loaded.config == model.config
     tokens = torch.randint(0, 100, (1, 6))
     assert torch.equal(loaded.next_token_log_probs(tokens), model.next_token_log_probs(tokens))
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(gcnn.GcnnError, match="damaged or truncated"):
-        gcnn.load_model(tmp_path / "m")
+        gcnn.load(tmp_path / "m")
 
 
-def test_inference_weight_cache_follows_parameter_updates():
-    """Without autograd the folded weights are cached; an optimizer step or load_state_dict must invalidate them."""
+def test_model_follows_parameter_updates():
+    """The model keeps no weights derived from its parameters: an optimizer step or load_state_dict shows at once."""
     torch.manual_seed(9)
     model = GatedConvLM(small_config()).eval()
     tokens = torch.randint(0, V, (2, 6))
@@ -358,46 +376,6 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert (fast - ref).abs().max() < 0.1
 
 
-# --- the fast paths (issue 7) equal the textbook convolution --------------------------------------------------------
-# Tolerances. fp32: 1e-5 absolute (summation order only). bf16 (the textbook side is computed in fp32 from the same
-# bf16-rounded input): outputs within 1% of the largest output magnitude -- weights rounded to bf16 (8 significant bits,
-# relative error up to 2^-9) before fp32 accumulation, the result rounded once more; gradients within 2% of the largest
-# gradient magnitude -- the incoming gradient is rounded to bf16 as well.
-def textbook_conv_and_grads(conv, x, r):
-    """F.conv1d over the left-padded input with the weight norm written out, in fp32; the output and the gradients of
-    (output * r).sum() with respect to x and to each parameter (weight_v, weight_g, bias or weight, bias)."""
-    params = [p.detach().float().clone().requires_grad_() for p in conv.parameters()]
-    x = x.detach().float().clone().requires_grad_()
-    if conv.weight_norm:
-        v, g, bias = params
-        weight = v * (g / v.flatten(1).norm(dim=1)).view(-1, 1, 1)
-    else:
-        weight, bias = params
-    k = conv.kernel
-    y = F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), weight, bias, groups=conv.groups).transpose(1, 2)
-    (y * r).sum().backward()
-    return y.detach(), [x.grad] + [p.grad for p in params]
-
-
-def close(a, b, precision, share=1e-2):
-    a, b = a.float(), b.float()
-    if precision == "fp32":
-        return torch.allclose(a, b, atol=1e-5, rtol=0)
-    return bool((a - b).abs().max() <= share * b.abs().max() + 1e-6)
-
-
-CONV_CASES = [(6, 8, 3, 1), (6, 8, 1, 1), (6, 8, 4, 2)]  # (in, out, kernel, groups)
-
-
-def random_conv(cin, cout, k, groups, weight_norm=True):
-    conv = CausalConv(cin, cout, k, groups=groups, weight_norm=weight_norm)
-    with torch.no_grad():
-        conv.bias.normal_()
-        if weight_norm:
-            conv.weight_g.uniform_(0.5, 2.0)
-    return conv
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("weight_norm", [True, False])
 @pytest.mark.parametrize("cin,cout,k,groups", CONV_CASES)
@@ -422,9 +400,9 @@ def test_training_conv_equals_textbook_conv_forward_and_gradients(cin, cout, k, 
 
 
 @pytest.mark.parametrize("cin,cout,k,groups", CONV_CASES)
-def test_inference_conv_equals_textbook_conv(cin, cout, k, groups):
-    """Without gradients: the cached fp32 matrix, bf16 autocast and bf16 weights (oneDNN's prepacked bf16 linear
-    where available), whole sequences and one step at a time with the cache."""
+def test_conv_without_gradients_equals_textbook_conv(cin, cout, k, groups):
+    """Without gradients (the same single code path): fp32, bf16 autocast and bf16 weights, whole sequences and one
+    step at a time with the cache."""
     from gcnn.model import ConvCache
 
     torch.manual_seed(12)
@@ -447,30 +425,14 @@ def test_inference_conv_equals_textbook_conv(cin, cout, k, groups):
         cache = ConvCache(2)
         steps = []
         for t in range(9):
-            cache.start(1)
-            steps.append(as_bf16(x[:, t : t + 1].bfloat16(), cache))
+            step = x[:, t : t + 1].bfloat16()
+            cache.start(step[..., 0])
+            steps.append(as_bf16(step, cache))
         assert close(torch.cat(steps, 1), full, "bf16")
 
 
-def test_onednn_bf16_path_equals_plain_bf16_linear(monkeypatch):
-    """The prepacked oneDNN bf16 linear against F.linear on the same bf16 matrix: the same function."""
-    import gcnn.model as model_module
-
-    torch.manual_seed(13)
-    model = GatedConvLM(small_config()).eval().to(torch.bfloat16)
-    tokens = torch.randint(0, V, (2, 10))
-    with torch.inference_mode():
-        fast = model.next_token_log_probs(tokens)
-        packed = [c._inference_weights(torch.bfloat16)[3] for c in model.modules() if isinstance(c, CausalConv)]
-        assert all(p is not None for p in packed) == model_module.onednn_bf16_linear_available()
-        monkeypatch.setattr(model_module, "USE_ONEDNN_BF16", False)
-        plain = model.next_token_log_probs(tokens)
-    assert torch.allclose(fast, plain, atol=2e-2)
-    assert (fast.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9
-
-
-def test_training_and_inference_paths_give_the_same_loss():
-    """F.conv1d (with gradients) and the cached unfold + linear (without): the same loss, fp32 and bf16 autocast."""
+def test_loss_with_and_without_gradients_is_the_same():
+    """With gradients (training) and without (evaluation): the same loss, fp32 and bf16 autocast."""
     torch.manual_seed(14)
     model = GatedConvLM(small_config()).eval()
     tokens, targets = torch.randint(0, V, (3, 12)), torch.randint(0, V, (3, 12))
@@ -481,87 +443,3 @@ def test_training_and_inference_paths_give_the_same_loss():
                 without = model(tokens, targets).loss
         assert with_grad.requires_grad
         assert abs(with_grad.item() - without.item()) < tolerance * max(1.0, abs(without.item()))
-
-
-def test_model_with_inference_cache_can_be_copied_and_pickled(tmp_path):
-    """The cache (oneDNN's packed bf16 weights cannot be copied) is left out of copies and pickles, and rebuilt."""
-    import copy
-
-    model = GatedConvLM(small_config()).eval()
-    tokens = torch.randint(0, V, (1, 6))
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = model.next_token_log_probs(tokens)
-    twin = copy.deepcopy(model)
-    torch.save(model, tmp_path / "m.pt")
-    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
-    for other in (twin, loaded):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(other.next_token_log_probs(tokens), expected)
-
-
-def test_int8_rows_round_trip():
-    from gcnn.model import quantize_rows_int8
-
-    torch.manual_seed(15)
-    w = torch.randn(5, 32) * torch.tensor([1e-3, 0.1, 1.0, 10.0, 0.0]).unsqueeze(1)
-    q, scale = quantize_rows_int8(w)
-    assert q.dtype == torch.int8 and scale.dtype == torch.bfloat16 and q.abs().max() <= 127
-    error = (q.float() * scale.float().unsqueeze(1) - w).abs()
-    assert (error <= 0.5 * scale.float().unsqueeze(1) + 1e-12).all()  # round to nearest level
-    assert (q[:4].abs().amax(dim=1) >= 126).all() and (q[4] == 0).all()  # each row uses the full range
-
-
-def test_int8_conv_equals_textbook_conv_with_the_rounded_weights(monkeypatch):
-    """use_int8_weights: one step (the int8 kernel, where PyTorch has it) and whole sequences (bf16 with the same
-    rounded weights) equal the textbook convolution with weights q * scale, within the bf16 tolerance."""
-    import gcnn.model as model_module
-    from gcnn.model import ConvCache, quantize_rows_int8, use_int8_weights
-
-    calls = []
-    kernel = model_module._int8_linear
-    monkeypatch.setattr(model_module, "_int8_linear", lambda *a: calls.append(1) or kernel(*a))
-    for cin, cout, k, groups in [(16, 24, 3, 1), (32, 8, 2, 2), (6, 8, 3, 1)]:  # the last: no kernel (K % 16 != 0)
-        torch.manual_seed(16)
-        conv = random_conv(cin, cout, k, groups)
-        q, scale = quantize_rows_int8(conv.effective_weight().reshape(cout, -1))
-        rounded = CausalConv(cin, cout, k, groups=groups, weight_norm=False)
-        with torch.no_grad():
-            rounded.weight.copy_((q.float() * scale.float().unsqueeze(1)).view(cout, -1, k))
-            rounded.bias.copy_(conv.bias)
-        x = torch.randn(2, 9, cin).bfloat16()
-        expected = textbook_conv_and_grads(rounded, x, torch.zeros(2, 9, cout))[0]
-        use_int8_weights(conv).to(torch.bfloat16)
-        calls.clear()
-        with torch.inference_mode():
-            full = conv(x)
-            assert not calls  # 18 rows: the bf16 path
-            assert close(full, expected, "bf16", share=2e-2)
-            cache = ConvCache(1)
-            steps = []
-            for t in range(9):
-                cache.start(1)
-                steps.append(conv(x[:1, t : t + 1], cache))
-            assert close(torch.cat(steps, 1), expected[:1], "bf16", share=2e-2)
-        assert len(calls) == (9 * groups if model_module.int8_linear_available() and cin * k % (16 * groups) == 0 else 0)
-        use_int8_weights(conv, enabled=False)
-        with torch.inference_mode():
-            assert not close(conv(x), full, "fp32")  # back to the bf16 weights themselves
-
-
-def test_int8_generation_stays_close_to_fp32():
-    from gcnn.model import use_int8_weights
-
-    torch.manual_seed(17)
-    model = gcnn.build_model("gcnn-tiny", vocab_size=100).eval()
-    int8 = use_int8_weights(GatedConvLM(model.config).to(torch.bfloat16))
-    int8.load_state_dict(model.state_dict())
-    tokens = torch.randint(0, 100, (1, 12))
-    with torch.inference_mode():
-        expected = model.next_token_log_probs(tokens)
-        cache = int8.new_cache(1)
-        steps = [int8.next_token_log_probs(tokens[:, :4], cache=cache)]
-        for t in range(4, 12):
-            steps.append(int8.next_token_log_probs(tokens[:, t : t + 1], cache=cache))
-    got = torch.cat(steps, 1)
-    assert got.dtype == torch.float32 and torch.allclose(got.exp().sum(-1), torch.ones(1, 12), atol=1e-3)
-    assert (got - expected).abs().max() < 0.05

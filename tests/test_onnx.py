@@ -29,7 +29,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = gcnn.build_model("gcnn-tiny", vocab_size=V).eval()
     run = tmp / "run"
-    gcnn.save_model(model, run)
+    gcnn.io.write_model(model, run)
     Vocabulary([f"w{i}" for i in range(V - 2)] + ["<unk>", "<eos>"]).save(run / "vocab.json")
     (run / "run.json").write_text(json.dumps({"format": "gcnn-run", "best_valid_ppl": 99.0}))
     assert main(["export", str(run), str(tmp / "out"), "--onnx"]) == 0
@@ -83,7 +83,9 @@ def test_exported_folder_lists_the_graphs_in_its_checksums(exported):
     listed = {line.split("  ")[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
     graphs = {"model.onnx", "model.onnx.data", "decoder_step.onnx", "decoder_step.onnx.data"}
     assert graphs | {"model.safetensors"} <= listed
-    assert "| validation, best checkpoint | 99.00 |" in (out / "README.md").read_text()
+    assert "in training-time blocks; each block starts without context, unlike `gcnn eval`), best checkpoint | 99.00 |" in (
+        out / "README.md"
+    ).read_text()
 
 
 def test_export_refuses_models_without_a_convolution_cache(tmp_path):
@@ -104,7 +106,7 @@ def test_missing_exporter_packages_are_reported_before_anything_is_written(tmp_p
 
     monkeypatch.setattr(onnx_export.importlib.util, "find_spec", hide_onnxscript)
     run = tmp_path / "run"
-    gcnn.save_model(gcnn.build_model("gcnn-tiny", vocab_size=V), run)
+    gcnn.io.write_model(gcnn.build_model("gcnn-tiny", vocab_size=V), run)
     Vocabulary([f"w{i}" for i in range(V - 2)] + ["<unk>", "<eos>"]).save(run / "vocab.json")
     assert main(["export", str(run), str(tmp_path / "out"), "--onnx"]) == 2
     assert "ONNX export needs onnxscript: pip install 'gcnn[onnx]'" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gcnn.cli import main
-from gcnn.evaluate import load_run, score_texts
+from gcnn.evaluate import score_texts
+from gcnn.io import load
 from test_evaluate import direct_log_prob, make_run, word_vocab
 
 LINES = ["the cat sat on a mat", "", "a zebra ran far , far away", "dog   dog dog"]
@@ -29,8 +30,9 @@ def expected_logprobs(model, vocab, text: str) -> list[float]:
 @pytest.mark.parametrize("sentences", [False, True])
 def test_score_matches_direct_computation(tmp_path, sentences):
     vocab = word_vocab(sentences)
-    model, vocab = load_run(make_run(tmp_path / "run", vocab, adaptive_cutoffs=()))
-    scores = model.score(LINES, vocab, per_token=True, batch_tokens=9)
+    model = load(make_run(tmp_path / "run", vocab, adaptive_cutoffs=()))
+    vocab = model.vocab
+    scores = list(score_texts(model, vocab, LINES, per_token=True, batch_tokens=9))
     assert len(scores) == len(LINES)
     for text, score in zip(LINES, scores):
         lps = expected_logprobs(model, vocab, text)
@@ -44,7 +46,8 @@ def test_score_matches_direct_computation(tmp_path, sentences):
 
 
 def test_score_is_lazy_and_chunked(tmp_path):
-    model, vocab = load_run(make_run(tmp_path / "run", word_vocab(), adaptive_cutoffs=()))
+    model = load(make_run(tmp_path / "run", word_vocab(), adaptive_cutoffs=()))
+    vocab = model.vocab
     consumed = []
 
     def lines():
@@ -63,13 +66,14 @@ def test_score_is_lazy_and_chunked(tmp_path):
 
 def test_cli_score_stdin_and_file(tmp_path, capsys, monkeypatch):
     run = make_run(tmp_path / "run", word_vocab(sentences=True), adaptive_cutoffs=())
-    model, vocab = load_run(run)
+    model = load(run)
+    vocab = model.vocab
     data = ("\n".join(LINES) + "\n").encode()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     assert main(["score", str(run)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["line"] for r in rows] == [1, 2, 3, 4]
-    expected = model.score(LINES, vocab)
+    expected = list(score_texts(model, vocab, LINES))
     for row, score in zip(rows, expected):
         assert row["logprob"] == pytest.approx(score.logprob, rel=1e-6)
         assert set(row) == {"line", "logprob", "log10prob", "tokens", "oov", "perplexity"}
@@ -95,10 +99,11 @@ def test_cli_score_bad_input(tmp_path, capsys):
 
 
 def test_score_uses_the_model_state_not_training_noise(tmp_path):
-    model, vocab = load_run(make_run(tmp_path / "run", word_vocab(), dropout=0.5, adaptive_cutoffs=()))
+    model = load(make_run(tmp_path / "run", word_vocab(), dropout=0.5, adaptive_cutoffs=()))
+    vocab = model.vocab
     model.train()
-    a = model.score(LINES, vocab)
-    b = model.score(LINES, vocab)
+    a = list(score_texts(model, vocab, LINES))
+    b = list(score_texts(model, vocab, LINES))
     assert [s.logprob for s in a] == [s.logprob for s in b]
     assert model.training
     with torch.no_grad():

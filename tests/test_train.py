@@ -71,7 +71,7 @@ def test_end_to_end_train_resume_and_loss_goes_down(prepared, tmp_path):
     for name in ("config.json", "model.safetensors", "vocab.json", "run.json", "metrics.jsonl", "learning_curve.png"):
         assert (run / name).is_file(), name
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
-    model = gcnn.load_model(run)  # the run folder is a model folder
+    model = gcnn.load(run)  # the run folder is a model folder
     assert model.vocab_size == gcnn.data.PreparedData.open(prepared).vocab_size
     info = json.loads((run / "run.json").read_text())
     assert info["updates"] == 10 and info["status"] == "finished"
@@ -253,7 +253,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(prepared, tmp_path, monk
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_weights", disk_full)
+    monkeypatch.setattr(ckpt, "_save_tensors", disk_full)
     with pytest.raises(GcnnError, match="No space left on device.*previous checkpoints .* are intact"):
         train(build_config(flags={"max_updates": 4}, base=load_run_config(run)), resume=True, silent=True)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["update_00000002"]  # no half-written folder
@@ -295,11 +295,18 @@ def test_too_little_disk_space_is_reported_before_training(prepared, tmp_path, m
     assert not ckpt.list_checkpoints(tmp_path / "run")
 
 
-def test_fresh_run_refuses_an_existing_run(prepared, tmp_path):
+def test_fresh_run_refuses_an_existing_run(prepared, tmp_path, capsys):
     run = tmp_path / "run"
     train(make_config(prepared, run, max_updates=1), silent=True)
-    with pytest.raises(GcnnError, match="continue it with --resume"):
+    with pytest.raises(GcnnError, match="continue it with resume=True, or choose another out folder"):
         train(make_config(prepared, run, max_updates=1), silent=True)
+    from gcnn.cli import main
+
+    args = ["train", "--data", str(prepared), "--out", str(run), "--arch", "gcnn-tiny", "--max-updates", "1"]
+    assert main(args) == 2  # the default batch is too large for this corpus: the message names the flags
+    assert "use a smaller --batch-size or --context" in capsys.readouterr().err
+    assert main([*args, "--batch-size", "8", "--context", "16"]) == 2
+    assert "continue it with --resume, or choose another --out" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_changed_batch_size(prepared, tmp_path):

@@ -47,9 +47,13 @@ def test_set_values_are_toml(text, expected):
 
 
 @pytest.mark.parametrize("text", ["lr", "=1", "data.path=x", "train.=1"])
-def test_malformed_set_is_rejected(text):
-    with pytest.raises(ConfigError, match="--set"):
+def test_malformed_set_is_rejected(text, capsys):
+    with pytest.raises(ConfigError, match=f"sets item {text!r}"):
         parse_set(text)
+    from gcnn.cli import main
+
+    assert main(["train", "--set", text, "--out", "nowhere"]) == 2
+    assert f"--set {text!r}" in capsys.readouterr().err
 
 
 def test_unknown_key_in_a_recipe_names_file_and_key(tmp_path):

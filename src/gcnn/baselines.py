@@ -4,7 +4,8 @@ Both subclass :class:`gcnn.lm.LanguageModel`, so training, evaluation, scoring a
 both end in the same output layer as the GCNN (the adaptive softmax, or a full softmax with ``adaptive_cutoffs=()``).
 They exist so that the paper's claims against recurrent models can be checked on the same data and code.
 
-Named architectures (``gcnn archs`` lists them; any config field can be overridden by keyword)::
+Their configs are :class:`gcnn.config.LSTMConfig` and :class:`gcnn.config.TransformerConfig`; named architectures
+(in :mod:`gcnn.architectures`; ``gcnn archs`` lists them, any config field can be overridden by keyword)::
 
     lstm-medium        2 x 650 LSTM, dropout 0.5 (Zaremba et al., 2014, "medium")
     lstm-large         2 x 1500 LSTM, dropout 0.65 (Zaremba et al., 2014, "large")
@@ -18,169 +19,20 @@ Incremental decoding: the LSTM's cache is its (h, c) state; the Transformer's is
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gcnn import registry
-from gcnn.config import _check_int, check_cutoffs, fit_cutoffs
-from gcnn.errors import ConfigError, GcnnError
-from gcnn.lm import LanguageModel
+from gcnn.config import LSTMConfig, TransformerConfig
+from gcnn.errors import GcnnError
+from gcnn.lm import LanguageModel, check_cache_batch
 from gcnn.softmax import build_softmax
-
-C = TypeVar("C", bound="_BaselineConfig")
 
 
 class SequenceTooLongError(GcnnError, ValueError):
     """A Transformer was given more positions than its positional embeddings cover (``max_len``)."""
-
-
-# ---------------------------------------------------------------------------------------------------- configs
-class _BaselineConfig:
-    """Validation and (de)serialisation shared by the baseline configs (dataclasses with ``vocab_size``,
-    ``embed_dim``, ``dropout``, ``adaptive_cutoffs``, ``adaptive_div``, ``arch`` and ``model_type``)."""
-
-    vocab_size: int
-    embed_dim: int
-    dropout: float
-    adaptive_cutoffs: tuple[int, ...]
-    adaptive_div: float
-
-    def __post_init__(self) -> None:
-        self.adaptive_cutoffs = tuple(self.adaptive_cutoffs or ())
-        self.validate()
-
-    def validate(self) -> None:
-        _check_int("vocab_size", self.vocab_size, minimum=2)
-        _check_int("embed_dim", self.embed_dim, minimum=1)
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.adaptive_div, (int, float)) or self.adaptive_div < 1:
-            raise ConfigError(f"adaptive_div must be a number >= 1, got {self.adaptive_div!r}")
-        check_cutoffs(self.adaptive_cutoffs, self.vocab_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["adaptive_cutoffs"] = list(self.adaptive_cutoffs)
-        return out
-
-    @classmethod
-    def from_dict(cls: type[C], data: Mapping[str, Any], *, source: str = "config") -> C:
-        """Rebuild from :meth:`to_dict` output; unknown or missing keys raise ConfigError naming ``source``."""
-        data = dict(data)
-        expected = cls.__dataclass_fields__["model_type"].default
-        model_type = data.pop("model_type", None)
-        if model_type != expected:
-            raise ConfigError(f"{source}: model_type is {model_type!r}, expected {expected!r}")
-        known = _init_fields(cls)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown model key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
-        if "vocab_size" not in data:
-            raise ConfigError(f"{source}: missing required model key 'vocab_size'")
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-
-    def replace(self: C, **overrides: Any) -> C:
-        """A copy with some fields changed (validated again). Unknown field names raise ConfigError."""
-        unknown = sorted(set(overrides) - _init_fields(type(self)))
-        if unknown:
-            raise ConfigError(
-                f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(_init_fields(type(self))))}"
-            )
-        return dataclasses.replace(self, **overrides)
-
-    def _softmax_text(self) -> str:
-        return f"adaptive softmax {list(self.adaptive_cutoffs)}" if self.adaptive_cutoffs else "full softmax"
-
-
-@dataclass
-class LSTMConfig(_BaselineConfig):
-    """An LSTM language model: embedding -> ``num_layers`` LSTM layers of ``hidden_dim`` units -> softmax.
-
-    ``proj_size`` > 0 projects each layer's output to that width (an LSTMP, as LSTM-2048-512); dropout is applied
-    to the embedding, between layers and to the output, as in Zaremba et al. (2014).
-    """
-
-    vocab_size: int
-    embed_dim: int = 650
-    hidden_dim: int = 650
-    num_layers: int = 2
-    proj_size: int = 0
-    dropout: float = 0.5
-    adaptive_cutoffs: tuple[int, ...] = ()
-    adaptive_div: float = 4.0
-    arch: str | None = None
-    model_type: str = field(default="lstm", init=False)
-
-    def validate(self) -> None:
-        super().validate()
-        _check_int("hidden_dim", self.hidden_dim, minimum=1)
-        _check_int("num_layers", self.num_layers, minimum=1)
-        _check_int("proj_size", self.proj_size, minimum=0)
-        if self.proj_size >= self.hidden_dim:
-            raise ConfigError(
-                f"proj_size ({self.proj_size}) must be smaller than hidden_dim ({self.hidden_dim}), or 0 for none"
-            )
-
-    @property
-    def output_dim(self) -> int:
-        return self.proj_size or self.hidden_dim
-
-    def describe(self) -> str:
-        proj = f" projected to {self.proj_size}" if self.proj_size else ""
-        return f"LSTM {self.num_layers} x {self.hidden_dim}{proj}, dropout {self.dropout}, {self._softmax_text()}"
-
-
-@dataclass
-class TransformerConfig(_BaselineConfig):
-    """A decoder-only Transformer: token + learned position embeddings, ``num_layers`` pre-LayerNorm blocks
-    (causal self-attention, then a GELU feed-forward of ``ff_dim``), a final LayerNorm, softmax.
-
-    ``embed_dim`` is the model width; ``max_len`` the most positions a sequence (or a cache) can hold.
-    """
-
-    vocab_size: int
-    embed_dim: int = 512
-    num_layers: int = 6
-    num_heads: int = 8
-    ff_dim: int = 2048
-    max_len: int = 512
-    dropout: float = 0.1
-    adaptive_cutoffs: tuple[int, ...] = ()
-    adaptive_div: float = 4.0
-    arch: str | None = None
-    model_type: str = field(default="transformer", init=False)
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("num_layers", "num_heads", "ff_dim", "max_len"):
-            _check_int(name, getattr(self, name), minimum=1)
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
-
-    @property
-    def output_dim(self) -> int:
-        return self.embed_dim
-
-    def describe(self) -> str:
-        return (
-            f"Transformer {self.num_layers} x (width {self.embed_dim}, {self.num_heads} heads, ff {self.ff_dim}), "
-            f"pre-LN, learned positions up to {self.max_len}, dropout {self.dropout}, {self._softmax_text()}"
-        )
-
-
-def _init_fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
 # ---------------------------------------------------------------------------------------------------- LSTM
@@ -239,7 +91,7 @@ class LSTMLM(LanguageModel):
         """tokens (B, T) -> (B, T, output_dim)."""
         x = self.dropout(self.embed(tokens))  # (B, T, E)
         if cache is not None:
-            _check_batch(cache.batch_size, tokens)
+            check_cache_batch(cache.batch_size, tokens)
         x, (h, c) = self._run_lstm(x, None if cache is None else cache.state)
         if cache is not None:
             cache.state = (h.detach(), c.detach())
@@ -380,7 +232,7 @@ class TransformerLM(LanguageModel):
         """tokens (B, T) -> (B, T, D). Raises SequenceTooLongError past ``max_len`` positions."""
         start = 0
         if cache is not None:
-            _check_batch(cache.batch_size, tokens)
+            check_cache_batch(cache.batch_size, tokens)
             start = cache.length
         end = start + tokens.shape[1]
         if end > self.config.max_len:
@@ -396,80 +248,3 @@ class TransformerLM(LanguageModel):
         if cache is not None:
             cache.length = end
         return self.dropout(self.norm(x))
-
-
-def _check_batch(cache_batch: int, tokens: Tensor) -> None:
-    if tokens.shape[0] != cache_batch:
-        raise ValueError(f"the cache holds {cache_batch} sequences but the tokens have batch size {tokens.shape[0]}")
-
-
-# ---------------------------------------------------------------------------------------------------- registry
-def _arch_factory(name: str, config_cls: type[C], fields: dict[str, Any]) -> Callable[..., C]:
-    """A config factory ``(vocab_size, **overrides)`` for a named architecture. As for the GCNN's named
-    architectures, the default cutoffs at or above the vocabulary size are dropped; explicit ones must fit."""
-
-    def factory(vocab_size: int, **overrides: Any) -> C:
-        allowed = _init_fields(config_cls) - {"vocab_size", "arch"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"unknown model option(s) {', '.join(unknown)} for {name}; known: {', '.join(sorted(allowed))}"
-            )
-        values = dict(fields)
-        if "adaptive_cutoffs" not in overrides:
-            values["adaptive_cutoffs"] = fit_cutoffs(values.get("adaptive_cutoffs", ()), vocab_size)
-        values.update(overrides)
-        return config_cls(vocab_size=vocab_size, arch=name, **values)
-
-    return factory
-
-
-WIKITEXT_CUTOFFS = (2000, 10000)  # the GCNN presets' cutoffs, so comparisons share the output layer
-GBW_CUTOFFS = (4000, 40000, 200000)  # GCNN-9 and GCNN-8B's, for the paper's Table 4
-
-# name -> (description, config class, fields)
-BASELINES: dict[str, tuple[str, type, dict[str, Any]]] = {
-    "lstm-medium": (
-        "LSTM baseline: Zaremba et al. 2014 medium, 2 x 650, dropout 0.5",
-        LSTMConfig,
-        dict(embed_dim=650, hidden_dim=650, num_layers=2, dropout=0.5, adaptive_cutoffs=WIKITEXT_CUTOFFS),
-    ),
-    "lstm-large": (
-        "LSTM baseline: Zaremba et al. 2014 large, 2 x 1500, dropout 0.65",
-        LSTMConfig,
-        dict(embed_dim=1500, hidden_dim=1500, num_layers=2, dropout=0.65, adaptive_cutoffs=WIKITEXT_CUTOFFS),
-    ),
-    "lstm-2048": (
-        "LSTM baseline for the paper's Table 4: 1 x 2048 projected to 512 (Jozefowicz et al. 2016 LSTM-2048-512)",
-        LSTMConfig,
-        dict(embed_dim=512, hidden_dim=2048, num_layers=1, proj_size=512, dropout=0.0, adaptive_cutoffs=GBW_CUTOFFS),
-    ),
-    "transformer-small": (
-        "Transformer baseline: 6 pre-LN layers, width 512, 8 heads, ff 2048, 512 positions",
-        TransformerConfig,
-        dict(
-            embed_dim=512,
-            num_layers=6,
-            num_heads=8,
-            ff_dim=2048,
-            max_len=512,
-            dropout=0.1,
-            adaptive_cutoffs=WIKITEXT_CUTOFFS,
-        ),
-    ),
-    "lstm-tiny": (
-        "LSTM test preset: seconds per step",
-        LSTMConfig,
-        dict(embed_dim=16, hidden_dim=32, num_layers=2, dropout=0.0, adaptive_cutoffs=(20, 60)),
-    ),
-    "transformer-tiny": (
-        "Transformer test preset: seconds per step",
-        TransformerConfig,
-        dict(embed_dim=32, num_layers=2, num_heads=4, ff_dim=64, max_len=64, dropout=0.0, adaptive_cutoffs=(20, 60)),
-    ),
-}
-
-registry.register_type("lstm", LSTMConfig, LSTMLM)
-registry.register_type("transformer", TransformerConfig, TransformerLM)
-for _name, (_description, _cls, _fields) in BASELINES.items():
-    registry.register_arch(_name, _description, _arch_factory(_name, _cls, _fields))

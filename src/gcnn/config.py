@@ -1,6 +1,8 @@
-"""Model configuration: the architecture of a Gated Convolutional Network as plain, validated data.
+"""Model configurations as plain, validated data: the GCNN's (:class:`ModelConfig`) and the baselines'
+(:class:`LSTMConfig`, :class:`TransformerConfig`), all built on :class:`ConfigBase`.
 
-A model is a stack of *blocks*. A block is a short list of causal convolution layers, each written ``[k, n]`` as in
+A GCNN is a stack of *blocks*.
+ A block is a short list of causal convolution layers, each written ``[k, n]`` as in
 the paper's Table 1 (kernel width k, n output channels), repeated ``repeat`` times. A residual block adds its input
 to its output (through a projection where the widths differ); a plain block (``residual = false``) does not.
 
@@ -22,7 +24,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 from gcnn.errors import ConfigError
 
@@ -65,8 +67,93 @@ class Block:
         return f"{inner} x{self.repeat}{kind}"
 
 
+C = TypeVar("C", bound="ConfigBase")
+
+
+class ConfigBase:
+    """What every model config shares: validation of the common fields, and (de)serialisation.
+
+    A model config is a dataclass subclassing this with at least ``vocab_size``, ``embed_dim``, ``dropout``,
+    ``adaptive_cutoffs``, ``adaptive_div`` and ``arch`` fields, and a ``model_type`` class attribute naming its model
+    in the registry (:mod:`gcnn.architectures`). ``to_dict``/``from_dict`` round-trip through JSON (config.json).
+    """
+
+    model_type: ClassVar[str]
+    vocab_size: int
+    embed_dim: int
+    dropout: float
+    adaptive_cutoffs: tuple[int, ...]
+    adaptive_div: float
+    arch: str | None
+
+    def __post_init__(self) -> None:
+        self.adaptive_cutoffs = tuple(self.adaptive_cutoffs or ())
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field that is out of range or of the wrong type."""
+        _check_int("vocab_size", self.vocab_size, minimum=2)
+        _check_int("embed_dim", self.embed_dim, minimum=1)
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not _is_number(self.adaptive_div) or self.adaptive_div < 1:
+            raise ConfigError(f"adaptive_div must be a number >= 1, got {self.adaptive_div!r}")
+        if self.arch is not None and not isinstance(self.arch, str):
+            raise ConfigError(f"arch must be a name or null, got {self.arch!r}")
+        check_cutoffs(self.adaptive_cutoffs, self.vocab_size)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """The keys ``from_dict`` and ``replace`` accept."""
+        return {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+
+    @property
+    def output_dim(self) -> int:  # pragma: no cover - every config defines it
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - every config defines it
+        raise NotImplementedError
+
+    def softmax_text(self) -> str:
+        return f"adaptive softmax {list(self.adaptive_cutoffs)}" if self.adaptive_cutoffs else "full softmax"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model_type": self.model_type, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        out["adaptive_cutoffs"] = list(self.adaptive_cutoffs)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any], *, source: str = "config") -> C:
+        """Rebuild from :meth:`to_dict` output; unknown, missing or bad keys raise ConfigError naming ``source``."""
+        data = dict(data)
+        model_type = data.pop("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ConfigError(f"{source}: model_type is {model_type!r}, expected {cls.model_type!r}")
+        known = cls.field_names()
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING  # type: ignore[arg-type]
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing required model key(s) {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc.template}") from None
+
+    def replace(self: C, **overrides: Any) -> C:
+        """A copy with some fields changed (validated again). Unknown field names raise ConfigError."""
+        known = self.field_names()
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """Everything needed to build a :class:`gcnn.model.GatedConvLM`.
 
     Fields:
@@ -85,6 +172,7 @@ class ModelConfig:
         arch: the name of the architecture this config was built from, if any (informational).
     """
 
+    model_type: ClassVar[str] = "gcnn"
     vocab_size: int
     blocks: tuple[Block, ...]
     embed_dim: int = 280
@@ -97,17 +185,15 @@ class ModelConfig:
     adaptive_div: float = 4.0
     init: str = "kaiming"
     arch: str | None = None
-    model_type: str = field(default="gcnn", init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.blocks, (list, tuple)):
+            raise ConfigError("blocks must be a list of blocks")
         self.blocks = tuple(b if isinstance(b, Block) else _block_from_dict(b) for b in self.blocks)
-        self.adaptive_cutoffs = tuple(self.adaptive_cutoffs or ())
-        self.validate()
+        super().__post_init__()
 
-    # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        _check_int("vocab_size", self.vocab_size, minimum=2)
-        _check_int("embed_dim", self.embed_dim, minimum=1)
+        super().validate()
         if not self.blocks:
             raise ConfigError("blocks: a model needs at least one block")
         _check_choice("gate", self.gate, GATES)
@@ -116,11 +202,6 @@ class ModelConfig:
         for name in ("weight_norm", "residual_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.adaptive_div, (int, float)) or self.adaptive_div < 1:
-            raise ConfigError(f"adaptive_div must be a number >= 1, got {self.adaptive_div!r}")
-        check_cutoffs(self.adaptive_cutoffs, self.vocab_size)
 
     # ------------------------------------------------------------------ derived structure
     @property
@@ -139,43 +220,89 @@ class ModelConfig:
     def describe(self) -> str:
         return ", ".join(b.describe() for b in self.blocks)
 
-    # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = super().to_dict()
         out["blocks"] = [
             {"layers": [list(layer) for layer in b.layers], "repeat": b.repeat, "residual": b.residual}
             for b in self.blocks
         ]
-        out["adaptive_cutoffs"] = list(self.adaptive_cutoffs)
         return out
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "ModelConfig":
-        data = dict(data)
-        model_type = data.pop("model_type", "gcnn")
-        if model_type != "gcnn":
-            raise ConfigError(f"{source}: model_type is {model_type!r}, expected 'gcnn'")
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        for key in ("vocab_size", "blocks"):
-            if key not in data:
-                raise ConfigError(f"{source}: missing required model key {key!r}")
-        if not isinstance(data["blocks"], (list, tuple)):
-            raise ConfigError(f"{source}: blocks must be a list of blocks")
-        try:
-            return cls(**data)
-        except TypeError as exc:  # pragma: no cover - guarded by the key check above
-            raise ConfigError(f"{source}: {exc}") from None
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
-        """A copy with some fields changed (validated again). Unknown field names raise ConfigError."""
-        known = {f.name for f in dataclasses.fields(self) if f.init}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **overrides)
+@dataclass
+class LSTMConfig(ConfigBase):
+    """An LSTM language model: embedding -> ``num_layers`` LSTM layers of ``hidden_dim`` units -> softmax.
+
+    ``proj_size`` > 0 projects each layer's output to that width (an LSTMP, as LSTM-2048-512); dropout is applied
+    to the embedding, between layers and to the output, as in Zaremba et al. (2014).
+    """
+
+    model_type: ClassVar[str] = "lstm"
+    vocab_size: int
+    embed_dim: int = 650
+    hidden_dim: int = 650
+    num_layers: int = 2
+    proj_size: int = 0
+    dropout: float = 0.5
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0
+    arch: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        _check_int("hidden_dim", self.hidden_dim, minimum=1)
+        _check_int("num_layers", self.num_layers, minimum=1)
+        _check_int("proj_size", self.proj_size, minimum=0)
+        if self.proj_size >= self.hidden_dim:
+            raise ConfigError(
+                f"proj_size ({self.proj_size}) must be smaller than hidden_dim ({self.hidden_dim}), or 0 for none"
+            )
+
+    @property
+    def output_dim(self) -> int:
+        return self.proj_size or self.hidden_dim
+
+    def describe(self) -> str:
+        proj = f" projected to {self.proj_size}" if self.proj_size else ""
+        return f"LSTM {self.num_layers} x {self.hidden_dim}{proj}, dropout {self.dropout}, {self.softmax_text()}"
+
+
+@dataclass
+class TransformerConfig(ConfigBase):
+    """A decoder-only Transformer: token + learned position embeddings, ``num_layers`` pre-LayerNorm blocks
+    (causal self-attention, then a GELU feed-forward of ``ff_dim``), a final LayerNorm, softmax.
+
+    ``embed_dim`` is the model width; ``max_len`` the most positions a sequence (or a cache) can hold.
+    """
+
+    model_type: ClassVar[str] = "transformer"
+    vocab_size: int
+    embed_dim: int = 512
+    num_layers: int = 6
+    num_heads: int = 8
+    ff_dim: int = 2048
+    max_len: int = 512
+    dropout: float = 0.1
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0
+    arch: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("num_layers", "num_heads", "ff_dim", "max_len"):
+            _check_int(name, getattr(self, name), minimum=1)
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+
+    @property
+    def output_dim(self) -> int:
+        return self.embed_dim
+
+    def describe(self) -> str:
+        return (
+            f"Transformer {self.num_layers} x (width {self.embed_dim}, {self.num_heads} heads, ff {self.ff_dim}), "
+            f"pre-LN, learned positions up to {self.max_len}, dropout {self.dropout}, {self.softmax_text()}"
+        )
 
 
 def check_cutoffs(cutoffs: Iterable[int], vocab_size: int) -> None:
@@ -231,6 +358,10 @@ def _block_from_dict(data: Any) -> Block:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
-from gcnn.errors import ConfigError
-from gcnn.evaluate import inference
-from gcnn.lm import LanguageModel
+from gcnn.errors import ConfigError, option
+from gcnn.lm import LanguageModel, inference
 
 if TYPE_CHECKING:
     from gcnn.data import Vocabulary
@@ -78,13 +77,13 @@ def choose_next(
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_tokens: int) -> None:
     """ConfigError naming the option whose value cannot be used."""
     if not temperature > 0:
-        raise ConfigError(f"--temperature must be > 0 (use greedy decoding for the argmax), got {temperature}")
+        raise ConfigError(f"{option('temperature')} must be > 0 (use greedy decoding for the argmax), got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ConfigError(f"--top-k must be a positive integer, got {top_k!r}")
+        raise ConfigError(f"{option('top_k')} must be a positive integer, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"{option('top_p')} must be in (0, 1], got {top_p}")
     if not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ConfigError(f"--max-tokens must be a non-negative integer, got {max_tokens!r}")
+        raise ConfigError(f"{option('max_tokens')} must be a non-negative integer, got {max_tokens!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- generation
@@ -166,20 +165,23 @@ def encode_prompt(vocab: "Vocabulary", text: str) -> list[int]:
 def generate_text(
     model: LanguageModel,
     vocab: "Vocabulary",
-    prompts: Sequence[str],
+    prompts: str | Sequence[str],
     *,
     max_tokens: int,
     stop_at_eos: bool | None = None,
     allow_unk: bool = True,
     **sampling,
 ) -> list[str]:
-    """Continue each text prompt; returns the continuations as text (``sampling``: ``greedy``, ``temperature``,
+    """Continue each text prompt (or the one prompt given as a string); returns the continuations as text
+    (``sampling``: ``greedy``, ``temperature``,
     ``top_k``, ``top_p``, ``seed`` as for :func:`generate`).
 
     ``stop_at_eos`` defaults to True for sentence vocabularies (``</s>`` ends the sentence, and is not printed) and
     to False for stream ones, where ``<eos>`` only ends a line and is written as a line break. ``<s>`` is never
     generated; ``<unk>`` only when ``allow_unk``.
     """
+    if isinstance(prompts, str):
+        prompts = [prompts]
     if stop_at_eos is None:
         stop_at_eos = vocab.bos_id is not None
     banned = [i for i in (vocab.bos_id, None if allow_unk else vocab.unk_id) if i is not None]

@@ -18,10 +18,9 @@ Perplexity = exp(sum of -log p over the counted tokens / their number).
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -30,16 +29,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gcnn.errors import CheckpointError, ConfigError, DataError
-from gcnn.lm import IGNORE_INDEX, LanguageModel
+from gcnn.errors import ConfigError, DataError, option
+from gcnn.lm import IGNORE_INDEX, LanguageModel, inference
+
+from gcnn.data.prepared import PreparedData
 
 if TYPE_CHECKING:
-    from gcnn.data import PreparedData, Vocabulary
+    from gcnn.data.vocab import Vocabulary
 
 DEFAULT_UNBOUNDED_CONTEXT = 512  # stream-mode context for models without a receptive field (recurrent ones)
 MIN_DEFAULT_STRIDE = 512  # default stride = max(context, this): windows cost at most 2x a single pass
 DEFAULT_BATCH_TOKENS = 16384  # input tokens per forward pass (windows or padded sentences)
-RUN_VOCAB_FILES = ("vocab.txt", "vocab.json")  # where a run folder keeps its vocabulary, in order of preference
 
 
 @dataclass
@@ -106,61 +106,7 @@ class SentenceScore:
         return out
 
 
-# ---------------------------------------------------------------------------------------------------- run folders
-def load_run(
-    run_dir: str | Path, *, vocab: str | Path | None = None, device: str = "cpu"
-) -> tuple[LanguageModel, "Vocabulary"]:
-    """The model (in eval mode) and vocabulary of a run folder written by ``gcnn train`` (or any folder written by
-    :func:`gcnn.save_model` next to a saved vocabulary). ``vocab`` overrides the vocabulary file."""
-    from gcnn.data import Vocabulary
-    from gcnn.io import load_model
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: run folder not found")
-    model = load_model(run_dir, map_location=device).eval()
-    _note_trained_positions(model, run_dir)
-    if vocab is None:
-        found = [run_dir / name for name in RUN_VOCAB_FILES if (run_dir / name).is_file()]
-        if not found:
-            raise CheckpointError(
-                f"{run_dir}: no vocabulary ({' or '.join(RUN_VOCAB_FILES)}); pass the vocabulary file with --vocab"
-            )
-        vocab = found[0]
-    vocabulary = Vocabulary.load(vocab)
-    if len(vocabulary) != model.vocab_size:
-        raise DataError(
-            f"{vocab}: vocabulary of {len(vocabulary):,} tokens, but the model in {run_dir} has {model.vocab_size:,}"
-        )
-    return model, vocabulary
-
-
-def _note_trained_positions(model: LanguageModel, run_dir: Path) -> None:
-    """A model with learned positions (``config.max_len``) trained on shorter sequences never learned the positions
-    past its training context: record that context (from the run's run.json) as ``model.trained_positions``, so that
-    stream evaluation keeps its windows within it."""
-    max_len = getattr(model.config, "max_len", None)
-    try:
-        context = int(json.loads((run_dir / "run.json").read_text())["train_config"]["context"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if max_len is not None and 0 < context < max_len:
-        model.trained_positions = context
-
-
 # ---------------------------------------------------------------------------------------------------- shared core
-@contextmanager
-def inference(model: LanguageModel) -> Iterator[None]:
-    """Eval mode and ``torch.inference_mode`` for the duration, restoring the model's training flag after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -225,11 +171,11 @@ def stream_settings(model: LanguageModel, context: int | None, stride: int | Non
     Defaults: context = the model's receptive field (512 when it has none), stride = max(context, 512). A model
     that takes at most ``config.max_len`` positions at once (the Transformer) needs windows context + stride - 1
     <= max_len: its defaults split max_len between the two (context (max_len+1)//2, stride the rest). When the model
-    was trained on shorter sequences (``model.trained_positions``, set by :func:`load_run` from run.json), that
-    length replaces max_len: the positions past it were never trained.
+    was trained on shorter sequences (``model.trained_positions``, which :func:`gcnn.load` sets), that length
+    replaces max_len: the positions past it were never trained.
     """
     limit = getattr(model.config, "max_len", None)
-    trained = getattr(model, "trained_positions", None)
+    trained = model.trained_positions
     if limit is not None and trained is not None and trained < limit:
         limit = trained
     if context is None:
@@ -245,7 +191,7 @@ def stream_settings(model: LanguageModel, context: int | None, stride: int | Non
             f"context {context} + stride {stride} - 1 exceeds the {limit} positions this model takes at once "
             + ("(max_len)" if limit == model.config.max_len else f"(its training context; max_len is "
                f"{model.config.max_len} but positions past {limit} were never trained)")
-            + "; lower --context or --stride"
+            + f"; lower {option('context')} or {option('stride')}"
         )
     return context, stride
 
@@ -329,7 +275,10 @@ def perplexity(
         total = -(-len(ids) // stride)
     elif mode == "sentence":
         if context is not None or stride is not None:
-            raise ConfigError("--context and --stride apply to stream mode only; sentence mode scores whole sentences")
+            raise ConfigError(
+                f"{option('context')} and {option('stride')} apply to stream mode only; sentence mode scores whole "
+                "sentences"
+            )
         batches = _sentence_batches(ids, eos_id if bos_id is None else bos_id, eos_id, batch_tokens)
         total = None
     else:
@@ -375,12 +324,14 @@ def evaluate_split(
     **options: Any,
 ) -> Perplexity:
     """Perplexity on a split of a prepared-data folder, in its own mode unless ``mode`` is given; ``options`` as for
-    :func:`perplexity`. Refuses data whose vocabulary size differs from the model's."""
-    from gcnn.data import PreparedData
-
+    :func:`perplexity`. Refuses data prepared with another vocabulary than the model's (``model.vocab``; where the
+    model has none, data whose vocabulary has another size)."""
     if not isinstance(data, PreparedData):
         data = PreparedData.open(data)
-    data.check_vocab_size(model.vocab_size)
+    if model.vocab is not None:
+        data.check_vocab(model.vocab)
+    else:
+        data.check_vocab_size(model.vocab_size)
     vocab = data.vocab
     return perplexity(
         model,

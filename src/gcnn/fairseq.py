@@ -36,7 +36,8 @@ from torch import Tensor
 from gcnn.config import Block, ModelConfig
 from gcnn.data.vocab import Vocabulary
 from gcnn.errors import CheckpointError, DataError
-from gcnn.hub import ModelCard, file_sha256
+from gcnn.card import ModelCard
+from gcnn.fs import sha256_file
 from gcnn.model import GatedConvLM
 
 try:  # numpy >= 2
@@ -460,7 +461,7 @@ def model_card(imported: FairseqImport, checkpoint_path: str | Path) -> ModelCar
     data = options.get("data")
     card = ModelCard(
         source=f"converted by `gcnn import-fairseq` from the fairseq checkpoint `{Path(checkpoint_path).name}` "
-        f"(sha256 {file_sha256(checkpoint_path)}), architecture {imported.arch}",
+        f"(sha256 {sha256_file(checkpoint_path)}), architecture {imported.arch}",
         training_data=f"fairseq data folder `{data}` (as recorded in the checkpoint)" if data else "not recorded",
         recipe={k: options[k] for k in RECIPE_OPTIONS if options.get(k) is not None},
     )

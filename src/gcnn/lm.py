@@ -7,12 +7,18 @@ baselines are interchangeable.
 
 Incremental decoding: pass the same ``cache`` object to successive calls; each call continues the sequence where
 the previous one stopped, and gives the same results as one call over the concatenated tokens.
+
+This module and the model files (:mod:`gcnn.model`, :mod:`gcnn.baselines`, :mod:`gcnn.softmax`) are the maths only:
+they import nothing of evaluation, decoding, files, training or the command line (docs/architecture.md). Loading,
+saving, scoring and generation are functions of the layers above, which take a model: ``gcnn.load``,
+``gcnn.save_pretrained``, ``gcnn.evaluate_split``, ``gcnn.score_texts``, ``gcnn.generate_text``.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +39,14 @@ class LMOutput:
 
 
 class LanguageModel(nn.Module):
+    """The base of every model. Besides ``config`` and ``softmax``, two attributes travel with a loaded model:
+    ``vocab`` (the :class:`gcnn.data.Vocabulary` it was trained with, or None) and ``trained_positions`` (for a model
+    with learned positions trained on shorter sequences than it could take, that length; else None)."""
+
     config: Any
     softmax: nn.Module
+    vocab: Any = None
+    trained_positions: int | None = None
 
     # ---- implemented by each model
     def hidden_states(self, tokens: Tensor, cache: Any = None) -> Tensor:  # pragma: no cover - abstract
@@ -92,44 +104,20 @@ class LanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # ---- evaluation, scoring and generation: thin delegations to gcnn.evaluate and gcnn.decoding
-    def perplexity(self, data: Any, split: str = "test", **options: Any) -> Any:
-        """Perplexity on a split of a prepared-data folder (a path or a PreparedData); returns a
-        :class:`gcnn.evaluate.Perplexity`. Options as for :func:`gcnn.evaluate.perplexity`."""
-        from gcnn.evaluate import evaluate_split
 
-        return evaluate_split(self, data, split, **options)
+def check_cache_batch(cache_batch: int, tokens: Tensor) -> None:
+    """A cache holds the state of a fixed number of sequences: refuse tokens of another batch size."""
+    if tokens.shape[0] != cache_batch:
+        raise ValueError(f"the cache holds {cache_batch} sequences but the tokens have batch size {tokens.shape[0]}")
 
-    def score(self, texts: str | list[str], vocab: Any, **options: Any) -> list[Any]:
-        """Score each text as a sentence: a list of :class:`gcnn.evaluate.SentenceScore` (``.logprob``,
-        ``.log10prob``, ``.tokens``, ``.oov``, ``.perplexity``). Options as for :func:`gcnn.evaluate.score_texts`."""
-        from gcnn.evaluate import score_texts
 
-        return list(score_texts(self, vocab, [texts] if isinstance(texts, str) else texts, **options))
-
-    def generate(self, prompts: str | list[str], vocab: Any, *, max_tokens: int = 50, **options: Any) -> list[str]:
-        """Continue each text prompt with incremental decoding; options (``greedy``, ``temperature``, ``top_k``,
-        ``top_p``, ``seed``, ``stop_at_eos``, ``allow_unk``) as for :func:`gcnn.decoding.generate_text`."""
-        from gcnn.decoding import generate_text
-
-        return generate_text(self, vocab, [prompts] if isinstance(prompts, str) else prompts, max_tokens=max_tokens, **options)
-
-    # ---- portable checkpoints: thin delegations to gcnn.hub
-    def save_pretrained(self, directory: Any, vocab: Any, *, card: Any = None) -> Any:
-        """Write config.json, model.safetensors, vocab.json, a README.md model card and SHA256SUMS into
-        ``directory``; see :func:`gcnn.hub.save_pretrained`."""
-        from gcnn.hub import save_pretrained
-
-        return save_pretrained(self, directory, vocab, card=card)
-
-    @classmethod
-    def from_pretrained(cls, directory: Any, *, map_location: str = "cpu") -> "LanguageModel":
-        """Load a folder written by :meth:`save_pretrained` (or a run folder), checking every file; the vocabulary
-        comes with :func:`gcnn.hub.load_pretrained`."""
-        from gcnn.errors import CheckpointError
-        from gcnn.hub import from_pretrained
-
-        model = from_pretrained(directory, map_location=map_location)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+@contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``torch.inference_mode`` for the duration, restoring the model's training flag after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)

@@ -1,24 +1,22 @@
 """The Gated Convolutional Network language model (Dauphin et al., 2017), batch-major throughout.
 
 Shapes: B = batch, T = time, C = channels. Every convolution is causal: its input is padded on the left with k-1
-zero frames, so position t sees only inputs at positions <= t. Without gradients (evaluation, generation) a
-convolution is computed as one matrix product over the flattened window of its last k inputs, which is also exactly
-what one step of incremental decoding computes, with the weight norm folded into a cached matrix (in bf16, prepacked
-for oneDNN where available); with gradients (training) it is oneDNN's convolution over the left-padded input, which
-computes the same function with a cheaper backward pass.
+frames (zeros at the start of a sequence, the previous inputs during incremental decoding), so position t sees
+only inputs at positions <= t. One code path computes training, evaluation and decoding steps; faster inference
+kernels (folded weights, oneDNN-packed bf16, int8) are applied from outside by :mod:`gcnn.runtime`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gcnn.config import SQRT_HALF, TWO_BRANCH_GATES, ModelConfig
-from gcnn.lm import LanguageModel
+from gcnn.lm import LanguageModel, check_cache_batch
 from gcnn.softmax import build_softmax
 
 
@@ -34,16 +32,20 @@ class ConvCache:
         self.length = 0
         self._next = 0
 
-    def start(self, num_tokens: int) -> None:
+    def start(self, tokens: Tensor) -> None:
+        """Begin a forward pass over ``tokens`` (B, T): checks the batch size and counts the tokens."""
+        check_cache_batch(self.batch_size, tokens)
         self._next = 0
-        self.length += num_tokens
+        self.length += tokens.shape[1]
 
     def left_context(self, x: Tensor, frames: int) -> Tensor:
+        """The ``frames`` inputs before ``x`` (B, T, C) of the next convolution: zeros before the first call."""
         if self._next < len(self.buffers):
-            return self.buffers[self._next]
+            return self.buffers[self._next].to(x.dtype)
         return x.new_zeros(x.shape[0], frames, x.shape[2])
 
     def update(self, padded: Tensor, frames: int) -> None:
+        """Keep the last ``frames`` inputs of the convolution that just ran (``padded``: its left context + input)."""
         tail = padded[:, -frames:].detach()
         if self._next < len(self.buffers):
             self.buffers[self._next] = tail
@@ -79,17 +81,19 @@ class CausalConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.reset_parameters(math.sqrt(1.0 / self.fan_in))
 
-    int8_weights = False  # see use_int8_weights
-
     @property
     def weight_norm(self) -> bool:
         return hasattr(self, "weight_g")
 
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels // self.groups * self.kernel
+
     def effective_weight(self) -> Tensor:
+        """The convolution's weight (C_out, C_in / groups, k), weight norm applied."""
         if not self.weight_norm:
             return self.weight
-        # torch's fused kernel (forward and backward) for weight_g * weight_v / ||weight_v||, norm over dims 1, 2: a
-        # bf16 training step of GCNN-8 at batch 4 x 256 ran 6% faster than with the formula written out in ops
+        # the fused kernel torch.nn.utils.parametrizations.weight_norm uses: g * v / ||v||, norm over dims 1 and 2
         return torch._weight_norm(self.weight_v, self.weight_g.view(-1, 1, 1), 0)
 
     def reset_parameters(self, std: float) -> None:
@@ -100,186 +104,22 @@ class CausalConv(nn.Module):
                 self.weight_g.copy_(v.flatten(1).norm(dim=1))
             self.bias.zero_()
 
-    @property
-    def fan_in(self) -> int:
-        return self.in_channels // self.groups * self.kernel
-
-    def weight_matrix(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """The effective weight as a (C_out, C_in/groups * k) matrix and the bias, both in ``dtype``.
-
-        Without autograd (evaluation, generation) the result is cached until a parameter changes, so weight norm is
-        folded away and bf16 weights are not re-cast at every call.
-        """
-        cached = self._inference_weights(dtype)
-        if cached is None:
-            return self.effective_weight().reshape(self.out_channels, -1).to(dtype), self.bias.to(dtype)
-        return cached.weight, cached.bias
-
-    def _inference_weights(self, dtype: torch.dtype) -> _InferenceWeights | None:
-        """The weights for computing in ``dtype`` without gradients, cached per dtype until a parameter changes;
-        None when gradients are needed or the model is being traced or compiled."""
-        params = [self.weight_v, self.weight_g, self.bias] if self.weight_norm else [self.weight, self.bias]
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if tracing or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-            return None
-        cpu_bf16 = dtype == torch.bfloat16 and self.bias.device.type == "cpu"
-        # oneDNN's blocked bf16 layout: 1.6-2.5x faster matrix-vector products (batch-1 decoding) than F.linear on a
-        # plain bf16 matrix, and a few % faster for large batches; the same fp32 accumulation
-        pack = cpu_bf16 and onednn_bf16_linear_available()
-        int8 = self.int8_weights
-        int8_kernel = int8 and cpu_bf16 and int8_linear_available()
-        versions = tuple((p.data_ptr(), p._version) for p in params)
-        caches = self.__dict__.setdefault("_inference_weights_cache", {})
-        slot = (dtype, pack, int8, int8_kernel)
-        cached = caches.get(slot)
-        if cached is None or cached.versions != versions:
-            with torch.no_grad():
-                weight = self.effective_weight().reshape(self.out_channels, -1)
-                quantized = None
-                if int8:
-                    q, scale = quantize_rows_int8(weight)
-                    weight = q.float() * scale.float().unsqueeze(1)  # what the int8 weights stand for
-                    if int8_kernel:
-                        quantized = [  # own allocations: the kernel needs aligned rows
-                            (qg.clone(), sg.clone()) for qg, sg in zip(q.chunk(self.groups, 0), scale.chunk(self.groups))
-                        ]
-                weight = weight.to(dtype).contiguous()
-                packed = None
-                if pack:
-                    packed = [
-                        torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1) for w in weight.chunk(self.groups, 0)
-                    ]
-                cached = _InferenceWeights(versions, weight, self.bias.to(dtype), packed, quantized)
-            caches[slot] = cached
-        return cached
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the inference cache is derived state (and oneDNN's packed tensors cannot be copied or pickled)
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {k: v for k, v in state.items() if k != "_inference_weights_cache"}
+    def padded_input(self, x: Tensor, cache: ConvCache | None) -> Tensor:
+        """(B, T, C) -> (B, k-1+T, C): the k-1 frames before x (zeros, or the cached inputs) then x; the cache keeps
+        the last k-1 frames for the next call."""
+        frames = self.kernel - 1
+        if frames == 0:
+            return x
+        left = x.new_zeros(x.shape[0], frames, x.shape[2]) if cache is None else cache.left_context(x, frames)
+        padded = torch.cat([left, x], dim=1)
+        if cache is not None:
+            cache.update(padded, frames)
+        return padded
 
     def forward(self, x: Tensor, cache: ConvCache | None = None) -> Tensor:
-        batch, time, channels = x.shape
-        k = self.kernel
-        device = x.device.type
-        # under autocast, cast the (small) input before the k-fold window copy rather than after it
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        x = x.to(dtype)
-        cached = self._inference_weights(dtype)
-        if cached is None:  # with gradients (training), or traced: the weight from the parameters, every call
-            weight, bias = self.effective_weight().to(dtype), self.bias.to(dtype)  # (C_out, C_in / groups, k)
-            if cache is None and k > 1:
-                # training: oneDNN's convolution over the left-padded (B, C, T) input. A GCNN-8 training step ran 7%
-                # faster in fp32 than with unfold + F.linear (whose backward scatters the window's gradient back), and
-                # as fast in bf16
-                return F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), weight, bias, groups=self.groups).transpose(1, 2)
-            weight = weight.reshape(self.out_channels, -1)
-            packed = quantized = None
-        else:
-            weight, bias, packed, quantized = cached.weight, cached.bias, cached.packed, cached.int8
-        if k > 1:
-            left = x.new_zeros(batch, k - 1, channels) if cache is None else cache.left_context(x, k - 1).to(dtype)
-            padded = torch.cat([left, x], dim=1)  # (B, T+k-1, C)
-            if cache is not None:
-                cache.update(padded, k - 1)
-            x = padded.unfold(1, k, 1)  # (B, T, C, k): window of the last k inputs
-        x = x.reshape(batch * time, channels * k)  # (C, k) flattened, channel-major, as the weight matrix's columns
-        use_int8 = quantized is not None and x.shape[0] <= INT8_MAX_ROWS and x.shape[1] % (16 * self.groups) == 0
-        outs = []
-        parts = zip(x.chunk(self.groups, 1), weight.chunk(self.groups, 0), bias.chunk(self.groups))
-        for g, (xg, wg, bg) in enumerate(parts):
-            if use_int8:
-                outs.append(_int8_linear(xg, *quantized[g], bg))
-            elif packed is not None:
-                outs.append(_onednn_linear(xg, packed[g], bg))
-            else:
-                outs.append(F.linear(xg, wg, bg))
-        return (outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)).view(batch, time, -1)
-
-
-class _InferenceWeights(NamedTuple):
-    versions: tuple  # (data pointer, version) of each parameter when this was computed
-    weight: Tensor  # (C_out, C_in/groups * k), weight norm folded in, in the computing dtype
-    bias: Tensor
-    packed: list[Tensor] | None  # per group: the weight prepacked for oneDNN's bf16 linear
-    int8: list[tuple[Tensor, Tensor]] | None  # per group: (int8 weight, bf16 scale per output channel)
-
-
-# ------------------------------------------------------------------------------------------------ fast kernels
-# Private PyTorch ops with fallbacks: each is checked once by a tiny call, and where it is missing or fails the plain
-# F.linear path is used.
-USE_ONEDNN_BF16 = True  # set False to compare with (or fall back to) F.linear on plain bf16 matrices
-INT8_MAX_ROWS = 2  # the int8 kernel beats oneDNN's bf16 for 1-2 rows (1.5x at one), loses from 4 rows on
-_AVAILABLE: dict[str, bool] = {}
-
-
-def _check_once(name: str, probe: Callable[[], bool]) -> bool:
-    if name not in _AVAILABLE:
-        try:
-            _AVAILABLE[name] = bool(probe())
-        except Exception:  # an older or newer PyTorch without the op, or a CPU without the kernel
-            _AVAILABLE[name] = False
-    return _AVAILABLE[name]
-
-
-def onednn_bf16_linear_available() -> bool:
-    """Whether oneDNN's bf16 linear on prepacked weights runs here (and ``USE_ONEDNN_BF16`` is on)."""
-
-    def probe() -> bool:
-        ops = torch.ops.mkldnn
-        if not (torch.backends.mkldnn.is_available() and ops._is_mkldnn_bf16_supported()):
-            return False
-        w = torch.ones(2, 3, dtype=torch.bfloat16)
-        out = _onednn_linear(torch.ones(1, 3, dtype=torch.bfloat16), ops._reorder_linear_weight(w, 1), None)
-        return out.shape == (1, 2) and bool((out == 3).all())
-
-    return USE_ONEDNN_BF16 and _check_once("onednn_bf16", probe)
-
-
-def int8_linear_available() -> bool:
-    """Whether PyTorch's int8-weight kernel for bf16 inputs (``torch._weight_int8pack_mm``) runs here."""
-
-    def probe() -> bool:
-        x = torch.ones(1, 32, dtype=torch.bfloat16)
-        q = torch.full((3, 32), 2, dtype=torch.int8)
-        out = torch._weight_int8pack_mm(x, q, torch.full((3,), 0.5, dtype=torch.bfloat16))
-        return out.shape == (1, 3) and bool((out == 32).all())
-
-    return _check_once("int8", probe)
-
-
-def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
-
-
-def _int8_linear(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    # the kernel reads 16 bf16 inputs at a time with aligned loads: callers pass K % 16 == 0, this aligns the rows
-    x = x.contiguous()
-    if x.data_ptr() % 64:
-        x = x.clone()
-    return torch._weight_int8pack_mm(x, q, scale) + bias
-
-
-def quantize_rows_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric int8 per output channel: (int8 matrix, bf16 scale per row) with ``q * scale`` ~ ``weight``, each
-    row's largest magnitude mapped to 127 (the scale rounded to bf16 first, as the kernel reads it)."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1).clamp_min(1e-30) / 127).to(torch.bfloat16)
-    q = torch.round(w / scale.float().unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def use_int8_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Compute every convolution without gradients with int8 weights: each output channel's row of the folded weight
-    matrix rounded to 255 levels (:func:`quantize_rows_int8`). For batch-1 generation with bf16 activations (cast
-    the model with ``.to(torch.bfloat16)`` first): one decoding step's convolutions read a quarter of the fp32
-    bytes, through PyTorch's int8-weight kernel; longer inputs (the prompt, evaluation) use the same rounded weights
-    in bf16. The results change slightly (outputs within about 1% of their scale); training and anything with
-    gradients is unaffected. Returns ``model``."""
-    for module in model.modules():
-        if isinstance(module, CausalConv):
-            module.int8_weights = enabled
-    return model
+        padded = self.padded_input(x, cache)
+        out = F.conv1d(padded.transpose(1, 2), self.effective_weight(), self.bias, groups=self.groups)  # (B, C_out, T)
+        return out.transpose(1, 2)
 
 
 def apply_gate(gate: str, h: Tensor) -> Tensor:
@@ -394,27 +234,10 @@ class GatedConvLM(LanguageModel):
     def hidden_states(self, tokens: Tensor, cache: ConvCache | None = None) -> Tensor:
         """tokens (B, T) -> final hidden states (B, T, C_last)."""
         if cache is not None:
-            cache.start(tokens.shape[1])
+            cache.start(tokens)
         x = self.dropout(self.embed(tokens))  # (B, T, E)
         if self.input_proj is not None:
             x = self.input_proj(x)
         for block in self.blocks:
             x = block(x, cache)
         return self.dropout(x)
-
-
-def build_model(name: str | ModelConfig, vocab_size: int | None = None, **overrides: Any) -> GatedConvLM:
-    """Build a GCNN by architecture name (``gcnn archs`` lists them) for ``vocab_size`` words, overriding any
-    :class:`ModelConfig` field by keyword, e.g. ``build_model("gcnn-8", vocab_size=33278, dropout=0.2)``.
-    A :class:`ModelConfig` is accepted too. Baseline names (``lstm-*``, ``transformer-*``) build those models."""
-    from gcnn.architectures import get_config
-
-    if isinstance(name, ModelConfig):
-        return GatedConvLM(name.replace(**overrides) if overrides else name)
-    if vocab_size is None:
-        raise TypeError("build_model needs vocab_size=")
-    from gcnn import registry
-
-    return registry.build(name, vocab_size, **overrides) if registry.is_registered(name) else GatedConvLM(
-        get_config(name, vocab_size, **overrides)
-    )

@@ -107,8 +107,7 @@ def export_onnx(model: GatedConvLM, directory: str | Path) -> dict[str, Path]:
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], shapes: tuple) -> None:
     """One graph, saved in a staging folder and then moved in (its external-data file first)."""
-    # grad mode on: the convolutions' inference-time weight cache reads data pointers, which tracing cannot give
-    with warnings.catch_warnings(), torch.enable_grad():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(
             module.eval(),

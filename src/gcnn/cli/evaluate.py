@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from gcnn.cli.common import add_inference_arguments, load_model
+
 HELP = "perplexity, cross-entropy and bits per token of a run on a prepared split"
-DESCRIPTION = """Evaluate a run folder (or any saved model with a vocabulary) on a split of a prepared-data folder.
+DESCRIPTION = """Evaluate a model (a run folder, an exported folder or a checkpoint) on a split of a prepared-data folder, which must
+have been prepared with the model's own vocabulary.
 
 stream mode (document corpora; the default for data prepared as a stream): the split is one stream preceded by
   <eos>; every token counts and is predicted from at least min(i+1, --context) input tokens (default context: the
@@ -19,9 +22,6 @@ example:  gcnn eval runs/shakespeare-demo --data data/shakespeare --split test -
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "run", metavar="RUN_DIR", help="run folder written by `gcnn train` (config.json, model.safetensors, vocab)"
-    )
     p.add_argument("--data", required=True, metavar="PREPARED", help="prepared-data folder written by `gcnn prepare`")
     p.add_argument("--split", default="test", help="train, valid or test (default: test)")
     p.add_argument("--mode", choices=("stream", "sentence"), help="default: the prepared data's mode")
@@ -35,11 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gcnn.data import PreparedData
-    from gcnn.evaluate import evaluate_split, load_run
+    from gcnn.evaluate import evaluate_split
 
     data = PreparedData.open(args.data)
-    model, vocab = load_run(args.run, vocab=args.vocab, device=default_device(args.device))
-    data.check_vocab(vocab)
+    model = load_model(args)
     result = evaluate_split(
         model,
         data,
@@ -65,32 +64,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"perplexity     {result.perplexity:.2f}")
     print(f"time           {result.seconds:.1f} s ({result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s)")
     return 0
-
-
-def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """The options `gcnn eval` and `gcnn score` share: batch size, precision, device, vocabulary."""
-    p.add_argument(
-        "--batch-tokens", type=int, default=16384, metavar="N", help="input tokens per forward pass (default: 16384)"
-    )
-    p.add_argument(
-        "--bf16", action="store_true", help="bf16 autocast (faster on GPUs and on CPUs with bf16 instructions; default fp32)"
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
-
-
-def default_device(device: str | None) -> str:
-    """The device to run on: the one asked for, else cuda when available, else cpu."""
-    import torch
-
-    from gcnn.errors import ConfigError
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    return device

@@ -7,6 +7,8 @@ import json
 import sys
 import warnings
 
+from gcnn.cli.common import add_model_arguments, load_model
+
 HELP = "continue prompts (greedy, or sampling with temperature, top-k, top-p) with incremental decoding"
 DESCRIPTION = """Continue each --prompt (repeatable; all prompts in one batch) by up to --max-tokens tokens.
 
@@ -20,7 +22,7 @@ example:  gcnn generate runs/shakespeare-demo --prompt "KING HENRY :" --max-toke
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train`")
+    add_model_arguments(p)
     p.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; default: one empty prompt)")
     p.add_argument(
         "--max-tokens", type=int, default=50, metavar="N", help="tokens to generate per prompt (default: 50)"
@@ -41,7 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     stop.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false", help="continue past it")
     p.add_argument("--no-unk", action="store_true", help="never generate <unk>")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument(
         "--dtype",
         choices=("fp32", "bf16", "int8"),
@@ -50,30 +51,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "int8 (CPU) also rounds each convolution's weights to 255 levels per output channel, a quarter of fp32's "
         "bytes, with outputs within about 1%% of bf16's; log-probabilities are still computed in fp32 (default: fp32)",
     )
-    p.add_argument("--vocab", metavar="FILE", help="vocabulary file, if the run folder has none")
     p.add_argument("--json", action="store_true", help="one JSON object per sample: prompt, text")
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnn.cli.evaluate import default_device
+    from gcnn import runtime
     from gcnn.decoding import UnknownWordWarning, check_sampling, generate_text
-    from gcnn.errors import ConfigError
-    from gcnn.evaluate import load_run
+    from gcnn.errors import ConfigError, option
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens)
     if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
-    model, vocab = load_run(args.run, vocab=args.vocab, device=default_device(args.device))
-    if args.dtype in ("bf16", "int8"):
-        import torch
-
-        model = model.to(torch.bfloat16)
-    if args.dtype == "int8":
-        from gcnn.model import use_int8_weights
-
-        if getattr(model.config, "model_type", "gcnn") != "gcnn":
-            raise ConfigError(f"--dtype int8 is for GCNN models; {args.run} holds a {model.config.model_type}")
-        use_int8_weights(model)
+        raise ConfigError(f"{option('num_samples')} must be a positive integer, got {args.num_samples}")
+    model = load_model(args, needs_vocab="gcnn generate")
+    vocab = model.vocab
+    runtime.optimize(model, args.dtype)
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownWordWarning)

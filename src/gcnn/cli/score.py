@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from gcnn.cli.evaluate import add_inference_arguments, default_device
+from gcnn.cli.common import add_inference_arguments, load_model
 
 HELP = "score each line of stdin (or --input) as a sentence: one JSON line each"
 DESCRIPTION = """Score every input line as an independent sentence and write one JSON line per input line, in order:
@@ -25,7 +25,6 @@ example:  gcnn score runs/shakespeare-demo < sentences.txt > scores.jsonl"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN_DIR", help="run folder written by `gcnn train`")
     p.add_argument("--input", metavar="FILE", help="read this UTF-8 file instead of stdin")
     p.add_argument("--per-token", action="store_true", help="add each token's log-probability")
     add_inference_arguments(p)
@@ -33,9 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gcnn.errors import DataError
-    from gcnn.evaluate import load_run, score_texts
+    from gcnn.evaluate import score_texts
 
-    model, vocab = load_run(args.run, vocab=args.vocab, device=default_device(args.device))
+    model = load_model(args, needs_vocab="gcnn score")
+    vocab = model.vocab
     if args.input is not None:
         try:
             stream: BinaryIO = open(args.input, "rb")

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--data", metavar="PREPARED", help="prepared-data folder written by `gcnn prepare`")
     what.add_argument("--arch", metavar="NAME", help="architecture name (`gcnn archs` lists them); sets model.arch")
     what.add_argument("--out", metavar="RUN_DIR", help="run folder to write (or to continue with --resume)")
-    what.add_argument("--config", metavar="FILE.toml", help="recipe with [model] and [train] tables (see configs/)")
+    what.add_argument("--config", dest="recipe", metavar="FILE.toml|NAME",
+                      help="recipe with [model] and [train] tables: a file, or the name of a shipped recipe (configs/)")
     what.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                       help="override one key, e.g. train.lr=0.5 or model.dropout=0.2 (repeatable)")
     what.add_argument("--resume", action="store_true",
@@ -70,7 +71,7 @@ FLAG_KEYS = ("data", "arch", "out", "max_updates", "max_epochs", "max_minutes", 
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnn.errors import ConfigError
+    from gcnn.errors import ConfigError, option
     from gcnn.train import TrainConfig, build_config, load_run_config, train
 
     if args.list_keys:
@@ -78,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key} = {value!r}")
         return 0
     if not args.out:
-        raise ConfigError("--out RUN_DIR is required")
+        raise ConfigError(f"{option('out')} RUN_DIR is required")
     base = load_run_config(args.out) if args.resume else None
     flags = {key: getattr(args, key) for key in FLAG_KEYS}
-    config = build_config(recipe=args.config, sets=args.sets, flags=flags, base=base)
+    config = build_config(recipe=args.recipe, sets=args.sets, flags=flags, base=base)
     result = train(config, resume=args.resume, quiet=args.quiet)
     code = EXIT_CODES.get(result.stop_reason, 0)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports

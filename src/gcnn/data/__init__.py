@@ -6,14 +6,14 @@
 ...     ...
 """
 
-from gcnn.data.batching import IGNORE_INDEX, Batches, batches, num_batches
-from gcnn.data.corpus import Corpus, find_corpus, prepare
+from gcnn.data.batching import Batches, batches, num_batches
+from gcnn.data.corpus import find_corpus, prepare
 from gcnn.data.prepared import PreparedData
 from gcnn.data.shakespeare import shakespeare_corpus
+from gcnn.data.text import Corpus
 from gcnn.data.vocab import Vocabulary
 
 __all__ = [
-    "IGNORE_INDEX",
     "Batches",
     "Corpus",
     "PreparedData",

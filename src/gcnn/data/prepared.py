@@ -15,7 +15,6 @@ Stream corpora store the token stream with one eos per line; sentence corpora st
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from gcnn.data.text import SPLITS
 from gcnn.data.vocab import Vocabulary
 from gcnn.errors import DataError
+from gcnn.fs import sha256_file
+from gcnn.layout import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
 FORMAT_NAME = "gcnn-prepared"
 FORMAT_VERSION = 1
-SPLITS = ("train", "valid", "test")
 MODES = ("stream", "sentence")
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
@@ -41,14 +41,6 @@ _SAMPLE_IDS = 1 << 16
 def ids_dtype(vocab_size: int) -> str:
     """Name of the smallest id dtype for a vocabulary of ``vocab_size`` tokens."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_prepared_folder(path: Path) -> bool:

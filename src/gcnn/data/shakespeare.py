@@ -21,8 +21,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from gcnn.data.corpus import Corpus
-from gcnn.data.prepared import SPLITS
+from gcnn.data.text import SPLITS, Corpus
 from gcnn.errors import DataError
 
 VERSION = "0.6"

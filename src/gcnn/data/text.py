@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from gcnn.errors import DataError
 
@@ -32,6 +33,7 @@ STREAM_EOS = "<eos>"
 SENTENCE_BOS = "<s>"
 SENTENCE_EOS = "</s>"
 
+SPLITS = ("train", "valid", "test")
 _CHUNK_CHARS = 1 << 22  # lines are read in chunks of about this many characters
 _PUNCT_WORDS = re.compile(r"<unk>|\w+(?:'\w+)*|[^\w\s]")  # words (with inner apostrophes), marks, <unk>
 
@@ -149,3 +151,41 @@ def split_words(text: str, splitter: str = "whitespace", lowercase: bool = False
     if lowercase:
         text = text.lower()
     return text.split() if splitter == "whitespace" else _PUNCT_WORDS.findall(text)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus on disk: its files per split (``train``, ``valid``, ``test``) and how its lines become tokens.
+
+    ``format`` is ``wikitext``, ``sentences`` or ``plain`` (see gcnn.data.text); ``splitter`` is ``whitespace`` or
+    ``punct`` (punctuation split off words), ``lowercase`` lowercases everything.
+    """
+
+    files: Mapping[str, tuple[Path, ...]]
+    format: str = "wikitext"
+    splitter: str = "whitespace"
+    lowercase: bool = False
+    name: str = ""
+    extra: Mapping[str, object] = field(default_factory=dict)  # recorded in the manifest (e.g. the sdist's sha256)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise DataError(f"unknown corpus format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.splitter not in WORD_SPLITTERS:
+            raise DataError(f"unknown word splitter {self.splitter!r}; choose one of {', '.join(WORD_SPLITTERS)}")
+        for split in SPLITS:
+            if not self.files.get(split):
+                raise DataError(f"corpus {self.name!r} has no {split} file")
+
+    @property
+    def mode(self) -> str:
+        """``sentence`` for one-sentence-per-line corpora, ``stream`` otherwise."""
+        return "sentence" if self.format == "sentences" else "stream"
+
+    @property
+    def eos(self) -> str:
+        return SENTENCE_EOS if self.format == "sentences" else STREAM_EOS
+
+    @property
+    def bos(self) -> str | None:
+        return SENTENCE_BOS if self.format == "sentences" else None

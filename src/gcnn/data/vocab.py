@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from gcnn.data.text import STREAM_EOS, UNK, WORD_SPLITTERS, split_words
-from gcnn.errors import DataError
-
-VOCAB_FILE = "vocab.json"
+from gcnn.errors import DataError, option
+from gcnn.fs import atomic_write
+from gcnn.layout import VOCAB_FILE
 _FORMAT = "gcnn-vocabulary"
 _FORMAT_VERSION = 1
 
@@ -85,9 +85,11 @@ class Vocabulary:
         """
         specials = {unk, eos} | ({bos} if bos is not None else set())
         if min_count < 1:
-            raise DataError(f"--min-count must be at least 1, got {min_count}")
+            raise DataError(f"{option('min_count')} must be at least 1, got {min_count}")
         if max_size is not None and max_size < len(specials) + 1:
-            raise DataError(f"--max-size {max_size} leaves no room for words next to the {len(specials)} special tokens")
+            raise DataError(
+                f"{option('max_size')} {max_size} leaves no room for words next to the {len(specials)} special tokens"
+            )
         words = sorted(((c, w) for w, c in counts.items() if w not in specials), key=lambda cw: (-cw[0], cw[1]))
         room = len(words) if max_size is None else max_size - len(specials)
         kept = [(w, c) for c, w in words[:room] if c >= min_count]
@@ -154,10 +156,6 @@ class Vocabulary:
             return tokenizer.decode([tokenizer.token_to_id(t) for t in tokens], skip_special_tokens=False)
         return " ".join(tokens)
 
-    def encode_text(self, text: str) -> list[int]:
-        """``encode(tokenize(text))``: the ids of a prompt, without any eos."""
-        return self.encode(self.tokenize(text))
-
     def _tokenizer(self):
         if self._bpe is None:
             from gcnn.data.bpe import tokenizer_from_json
@@ -191,8 +189,7 @@ class Vocabulary:
         path = Path(path)
         if path.is_dir():
             path = path / VOCAB_FILE
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":

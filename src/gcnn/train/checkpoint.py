@@ -2,7 +2,7 @@
 
 ``RUN/checkpoints/update_00001200/`` holds everything needed to continue a run exactly:
 
-    config.json, model.safetensors   the model, as gcnn.save_model writes it (so gcnn.load_model works on it)
+    config.json, model.safetensors   the model, as gcnn.io.write_model writes it (so gcnn.load works on it)
     optimizer.safetensors            the optimizer's per-parameter tensors (momentum buffers, Adam moments, steps)
     rng.safetensors                  every process's torch (and CUDA) and numpy generator states
     trainer_state.json               counters, data position, schedule, best score, the optimizer's hyperparameters
@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from gcnn.errors import CheckpointError, GcnnError
-from gcnn.io import WEIGHTS_NAME, atomic_write_json, load_weights, save_model, save_weights
+from gcnn.fs import atomic_write_json, fsync_dir, remove_folder, temporary_name, write_atomically
+from gcnn.io import read_weights, write_model
+from gcnn.layout import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE
 
-CHECKPOINTS_DIR = "checkpoints"
-STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 PREFIX = "update_"
@@ -86,21 +87,22 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{update:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = temporary_name(final)
+    tmp.mkdir()
     try:
-        save_model(model, tmp)
+        write_model(model, tmp)
         tensors, optimizer_meta = _split_optimizer_state(optimizer_state)
-        save_weights(tensors, tmp / OPTIMIZER_FILE)
+        _save_tensors(tensors, tmp / OPTIMIZER_FILE)
         rng_tensors, rng_meta = _split_rng(rng)
-        save_weights(rng_tensors, tmp / RNG_FILE)
+        _save_tensors(rng_tensors, tmp / RNG_FILE)
         full_state = dict(state, format=STATE_FORMAT, version=STATE_VERSION, update=update,
                           optimizer=optimizer_meta, rng=rng_meta)
-        atomic_write_json(tmp / STATE_FILE, full_state)
-        _fsync_tree(tmp)
+        atomic_write_json(tmp / CHECKPOINT_STATE_FILE, full_state)
+        fsync_dir(tmp)
         if final.exists():  # the same update saved again (a stop right after a save): swap it in
-            _remove_folder(final)
+            remove_folder(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise GcnnError(
@@ -150,26 +152,9 @@ def _join_rng(tensors: dict[str, torch.Tensor], meta: list[dict[str, Any]]) -> l
     ]
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_folder(folder: Path) -> None:
-    """Rename out of the way first, so a half-deleted folder never looks like a checkpoint."""
-    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
-    os.rename(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def prune(run_dir: Path, keep_last: int, keep: set[str]) -> None:
@@ -178,7 +163,7 @@ def prune(run_dir: Path, keep_last: int, keep: set[str]) -> None:
     kept = {p.name for p in found[-keep_last:]}
     for path in found:
         if path.name not in kept and path.name not in keep:
-            _remove_folder(path)
+            remove_folder(path)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -194,7 +179,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read one checkpoint folder; CheckpointError names the damaged file."""
     path = Path(path)
-    state_path = path / STATE_FILE
+    state_path = path / CHECKPOINT_STATE_FILE
     try:
         state = json.loads(state_path.read_text())
     except FileNotFoundError:
@@ -208,11 +193,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{state_path}: checkpoint version {state.get('version')!r}, this gcnn reads {STATE_VERSION}"
         )
     try:
-        optimizer_state = _join_optimizer_state(load_weights(path / OPTIMIZER_FILE), state["optimizer"])
-        rng = _join_rng(load_weights(path / RNG_FILE), state["rng"])
+        optimizer_state = _join_optimizer_state(read_weights(path / OPTIMIZER_FILE), state["optimizer"])
+        rng = _join_rng(read_weights(path / RNG_FILE), state["rng"])
     except (KeyError, ValueError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"{state_path}: damaged ({exc!r})") from None
-    return Checkpoint(path, state, load_weights(path / WEIGHTS_NAME), optimizer_state, rng)
+    return Checkpoint(path, state, read_weights(path / WEIGHTS_FILE), optimizer_state, rng)
 
 
 def load_latest(run_dir: Path) -> Checkpoint:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from importlib import resources
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from gcnn.architectures import config_from_table
 from gcnn.config import read_toml
-from gcnn.errors import ConfigError
+from gcnn.errors import ConfigError, option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -135,11 +137,14 @@ class TrainConfig:
         if self.schedule == "plateau" and self.warmup_updates:
             raise ConfigError("train.warmup_updates works with the cosine and constant schedules, not plateau")
         if not (self.max_updates or self.max_epochs or self.max_minutes):
-            raise ConfigError("no bound on the run: set --max-updates, --max-epochs or --max-minutes (or the recipe's)")
+            raise ConfigError(
+                f"no bound on the run: set {option('max_updates')}, {option('max_epochs')} or {option('max_minutes')} "
+                "(or the recipe's)"
+            )
         if not self.data:
-            raise ConfigError("no data: give --data PREPARED_FOLDER (made by `gcnn prepare`)")
+            raise ConfigError(f"no data: give {option('data')} PREPARED_FOLDER (made by `gcnn prepare`)")
         if not self.out:
-            raise ConfigError("no run folder: give --out RUN_DIR")
+            raise ConfigError(f"no run folder: give {option('out')} RUN_DIR")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,9 +160,29 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- building in layers
+def recipes() -> list[str]:
+    """The names of the recipes that ship with gcnn (``gcnn/recipes/*.toml``; ``configs/`` in the repository)."""
+    return sorted(p.name[: -len(".toml")] for p in resources.files("gcnn.recipes").iterdir() if p.name.endswith(".toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself where it exists, else the shipped recipe of that name (with or without
+    ``.toml``, or as ``configs/NAME.toml``), found through importlib.resources so that it works from a wheel."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    name = path.name[: -len(".toml")] if path.name.endswith(".toml") else path.name
+    if (path.parent == Path(".") or path.parent.name == "configs") and name in recipes():
+        return Path(str(resources.files("gcnn.recipes") / f"{name}.toml"))
+    raise ConfigError(
+        f"{option('recipe')} {name_or_path}: no such config file (nor a shipped recipe: {', '.join(recipes())})"
+    )
+
+
 def load_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a recipe TOML file into ``{"train": {...}, "model": {...}}``; unknown tables are rejected."""
-    path = Path(path)
+    """Read a recipe TOML file (a path, or the name of a shipped recipe: :func:`find_recipe`) into
+    ``{"train": {...}, "model": {...}}``; unknown tables are rejected."""
+    path = find_recipe(path)
     doc = read_toml(path)
     unknown = sorted(set(doc) - {"train", "model"})
     if unknown:
@@ -173,12 +198,14 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.5 or --set model.dropout=0.2")
+        raise ConfigError(
+            f"{option('sets', 'sets item')} {item!r}: expected key=value, e.g. train.lr=0.5 or model.dropout=0.2"
+        )
     table, dot, name = key.rpartition(".")
     if not dot:
         table = "train"
     if table not in ("train", "model") or not name:
-        raise ConfigError(f"--set {item!r}: the key must be train.NAME or model.NAME (or just NAME for train)")
+        raise ConfigError(f"{option('sets', 'sets item')} {item!r}: the key must be train.NAME or model.NAME (or just NAME for train)")
     try:
         value = tomllib.loads(f"value = {text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
@@ -197,21 +224,21 @@ def build_config(
     config = dataclasses.replace(base, model=dict(base.model)) if base is not None else TrainConfig()
     if recipe is not None:
         tables = load_recipe(recipe)
-        apply_values(config, tables["train"], source=str(recipe))
+        apply_values(config, tables["train"], source=str(find_recipe(recipe)))
         config.model.update(tables["model"])
     for item in sets:
         table, name, value = parse_set(item)
         if table == "model":
             config.model[name] = value
         else:
-            apply_values(config, {name: value}, source=f"--set {item}")
+            apply_values(config, {name: value}, source=f"{option('sets', 'sets item')} {item}")
     for name, value in (flags or {}).items():
         if value is None:
             continue
         if name == "arch":
             config.model["arch"] = value
         else:
-            apply_values(config, {name: value}, source=f"--{name.replace('_', '-')}")
+            apply_values(config, {name: value}, source=option(name))
     config.validate()
     return config
 
@@ -258,20 +285,15 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def resolve_model_config(table: Mapping[str, Any], vocab_size: int) -> Any:
     """The model config of a ``[model]`` table for the data's vocabulary: ``arch`` names a registered architecture
-    (GCNN or baseline) whose fields the other keys override; without ``arch``, ``blocks`` makes a custom GCNN."""
-    from gcnn import registry
-
-    table = dict(table)
+    (GCNN or baseline) whose fields the other keys override; without ``arch``, ``blocks`` makes a custom GCNN (or
+    ``model_type`` and its fields another model). See :func:`gcnn.architectures.config_from_table`."""
     if "vocab_size" in table:
         raise ConfigError("model.vocab_size cannot be set: it comes from the prepared data's vocabulary")
-    name = table.pop("arch", None)
+    if "arch" not in table and "blocks" not in table and "model_type" not in table:
+        raise ConfigError(
+            f"no architecture: give {option('arch')} NAME, or a [model] table with arch = NAME or blocks = [...]"
+        )
     try:
-        if name is not None:
-            if not isinstance(name, str):
-                raise ConfigError(f"arch must be an architecture name, got {name!r}")
-            return registry.config_for(name, vocab_size, **table)
-        if "blocks" in table:
-            return registry.config_from_dict(dict(table, vocab_size=vocab_size), source="[model]")
-    except (ConfigError, TypeError) as exc:
+        return config_from_table(table, vocab_size, source="model")
+    except TypeError as exc:
         raise ConfigError(f"model: {exc}") from None
-    raise ConfigError("no architecture: give --arch NAME, or a [model] table with arch = NAME or blocks = [...]")

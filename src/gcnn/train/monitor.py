@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gcnn.io import atomic_write_bytes
-
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "learning_curve.png"
+from gcnn.fs import atomic_write, write_atomically
+from gcnn.layout import CURVE_FILE, METRICS_FILE
 
 
 def perplexity(loss: float) -> float:
@@ -79,7 +75,7 @@ def truncate_metrics(run_dir: Path, update: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run_dir) if r.get("update", 0) <= update]
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_learning_curve(run_dir: Path) -> None:
@@ -102,14 +98,10 @@ def plot_learning_curve(run_dir: Path) -> None:
     ax.legend()
     ax.set_title(Path(run_dir).resolve().name)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{CURVE_FILE}.", suffix=".png", dir=run_dir)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, Path(run_dir) / CURVE_FILE)
+        write_atomically(Path(run_dir) / CURVE_FILE, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 class Progress:

@@ -26,19 +26,21 @@ from typing import Any, Iterator
 
 import torch
 
-from gcnn import __version__, registry
-from gcnn.data import IGNORE_INDEX, Batches, PreparedData
-from gcnn.errors import CheckpointError, ConfigError, GcnnError
-from gcnn.io import atomic_write_json, save_model
+from gcnn.architectures import model_from_config
+from gcnn.data import Batches, PreparedData
+from gcnn.errors import CheckpointError, ConfigError, GcnnError, option
+from gcnn.fs import atomic_write_json
+from gcnn.io import write_model
+from gcnn.layout import METRICS_FILE, RUN_FILE, VOCAB_FILE
+from gcnn.lm import IGNORE_INDEX
 from gcnn.train import checkpoint as ckpt
 from gcnn.train import distributed
 from gcnn.train.config import TrainConfig, resolve_model_config
 from gcnn.train.monitor import MetricsLog, Progress, perplexity, plot_learning_curve, truncate_metrics
 from gcnn.train.optim import Schedule, build_optimizer
+from gcnn.version import __version__
 
-RUN_FILE = "run.json"
 RUN_FORMAT = "gcnn-run"
-VOCAB_FILE = "vocab.json"
 # keys that must not change when a run is resumed: they define the model, the data order or its position
 FROZEN_ON_RESUME = ("model", "batch_size", "context", "accum_steps", "seed")
 STOP_CODES = {0: None, 1: "max_updates", 2: "max_epochs", 3: "max_minutes", 4: "SIGTERM", 5: "SIGINT"}
@@ -157,7 +159,11 @@ class Trainer:
         self.data = PreparedData.open(config.data)
         torch.manual_seed(config.seed)
         self.model_config = resolve_model_config(config.model, self.data.vocab_size)
-        self.model = registry.model_from_config(self.model_config).to(ctx.device)
+        self.model = model_from_config(self.model_config).to(ctx.device)
+        self.model.vocab = self.data.vocab  # its fingerprint goes into every saved model
+        max_len = getattr(self.model_config, "max_len", None)
+        if max_len is not None and config.context < max_len:  # positions past the context are never trained
+            self.model.trained_positions = config.context
         self.ddp_model = distributed.wrap(self.model, ctx)
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
@@ -196,13 +202,13 @@ class Trainer:
     def _start_fresh(self) -> None:
         if ckpt.list_checkpoints(self.run_dir):
             raise GcnnError(
-                f"{self.run_dir} already holds a run with checkpoints: continue it with --resume, "
-                "or choose another --out"
+                f"{self.run_dir} already holds a run with checkpoints: continue it with {option('resume', 'resume=True')}, "
+                f"or choose another {option('out', 'out folder')}"
             )
         if self.ctx.is_main:
             self._check_room()
             (self.run_dir / ckpt.CHECKPOINTS_DIR).mkdir(exist_ok=True)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
             self._write_vocab()
             self._write_run_file("running")
         distributed.barrier(self.ctx)
@@ -215,9 +221,7 @@ class Trainer:
         ckpt.check_run_folder(self.run_dir, one * (self.config.keep_last + 2) + ckpt.checkpoint_bytes(self.model, 0))
 
     def _write_vocab(self) -> None:
-        tmp = self.run_dir / f".{VOCAB_FILE}.tmp"
-        self.data.vocab.save(tmp)
-        tmp.replace(self.run_dir / VOCAB_FILE)
+        self.data.vocab.save(self.run_dir / VOCAB_FILE)
 
     def _load_checkpoint(self) -> ckpt.Checkpoint:
         self._check_same_run(_read_run_file(self.run_dir / RUN_FILE))
@@ -260,11 +264,11 @@ class Trainer:
             if before.get(key) != now[key]:
                 raise ConfigError(
                     f"train.{key} cannot change when resuming {self.run_dir} (it was {before.get(key)!r}, now "
-                    f"{now[key]!r}); start a new run with another --out instead"
+                    f"{now[key]!r}); start a new run with another {option('out')} instead"
                 )
         if run["data"]["vocab_sha256"] != self._data_identity()["vocab_sha256"]:
             raise ConfigError(
-                f"--data {self.config.data}: its vocabulary differs from the one {self.run_dir} was trained on"
+                f"{option('data')} {self.config.data}: its vocabulary differs from the one {self.run_dir} was trained on"
             )
 
     def _data_identity(self) -> dict[str, Any]:
@@ -404,7 +408,7 @@ class Trainer:
         if loss < self.best_loss:
             self.best_loss, self.best_update = loss, self.update
             if self.ctx.is_main:
-                save_model(self.model, self.run_dir)
+                write_model(self.model, self.run_dir)
         if self.metrics is not None:
             self.metrics.write({"kind": "valid", "update": self.update, "epoch": self._epochs(),
                                 "tokens": self.tokens, "loss": loss, "ppl": perplexity(loss), "time": self._elapsed()})

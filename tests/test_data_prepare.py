@@ -256,6 +256,26 @@ def test_ids_out_of_range(tiny, tmp_path):
         PreparedData.open(data.path)
 
 
+def test_id_files_rewritten_with_in_range_ids_fail_their_hash(tiny, tmp_path, capsys):
+    data = prepare(find_corpus(tiny), tmp_path / "out")
+    ids = np.fromfile(data.path / "valid.bin", dtype=np.uint16)
+    ids[[0, 1]] = ids[[1, 0]] if ids[0] != ids[1] else (ids[0] + 1) % data.vocab_size
+    ids.tofile(data.path / "valid.bin")
+    with pytest.raises(DataError, match=r"valid.bin: the ids of split 'valid' changed since `gcnn prepare` wrote them"):
+        PreparedData.open(data.path, verify="full")
+    assert main(["prepare", "--check", str(data.path)]) == 2
+    assert "valid.bin: the ids of split 'valid' changed" in capsys.readouterr().err
+
+
+def test_a_symlinked_id_file_is_refused(tiny, tmp_path):
+    data = prepare(find_corpus(tiny), tmp_path / "out")
+    outside = tmp_path / "elsewhere.bin"
+    (data.path / "test.bin").rename(outside)
+    (data.path / "test.bin").symlink_to(outside)
+    with pytest.raises(DataError, match=r"test.bin: a symbolic link \(to .*elsewhere.bin\)"):
+        PreparedData.open(data.path)
+
+
 def test_vocabulary_size_mismatch_is_refused(tiny, tmp_path):
     data = prepare(find_corpus(tiny), tmp_path / "out")
     data.check_vocab_size(data.vocab_size)

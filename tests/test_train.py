@@ -265,7 +265,7 @@ def test_checkpoints_hold_only_safetensors_and_json(prepared, tmp_path):
     train(make_config(prepared, run, "optimizer=adamw", "lr=0.01"), silent=True)
     files = {p.name for p in ckpt.list_checkpoints(run)[-1].iterdir()}
     assert files == {"config.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors",
-                     "trainer_state.json"}
+                     "trainer_state.json", "SHA256SUMS"}
     loaded = ckpt.load_latest(run)
     assert set(loaded.optimizer_state["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
 

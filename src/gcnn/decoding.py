@@ -11,19 +11,19 @@ Filters act on (batch, vocab) logits or log-probabilities and return new tensors
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from gcnn.errors import ConfigError, option
+from gcnn.errors import ConfigError, GcnnWarning, option
 from gcnn.lm import LanguageModel, inference
 
 if TYPE_CHECKING:
     from gcnn.data import Vocabulary
 
 
-class UnknownWordWarning(UserWarning):
+class UnknownWordWarning(GcnnWarning):
     """Words of a prompt that are not in the vocabulary (they are fed as ``<unk>``)."""
 
 
@@ -87,7 +87,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
 
 
 # ---------------------------------------------------------------------------------------------------- generation
-def generate(
+def generate_steps(
     model: LanguageModel,
     prompts: Sequence[Sequence[int]],
     *,
@@ -99,9 +99,10 @@ def generate(
     eos_id: int | None = None,
     banned_ids: Sequence[int] = (),
     seed: int | None = None,
-) -> list[list[int]]:
+) -> Iterator[list[int | None]]:
     """Continue each prompt (a non-empty list of token ids, its first usually the start marker) by up to
-    ``max_tokens`` tokens, all prompts in one batch; returns the generated ids of each prompt.
+    ``max_tokens`` tokens, all prompts in one batch, yielding after every decoding step each row's new token (None
+    for a row still reading its prompt or already finished), so that callers can show tokens as they come.
 
     A row stops early when it generates ``eos_id`` (included in its output). ``banned_ids`` are never generated.
     ``seed`` makes sampling reproducible; greedy decoding is deterministic anyway.
@@ -117,7 +118,7 @@ def generate(
         generator.manual_seed(seed)
     lengths = [len(p) for p in prompts]
     common = min(lengths)
-    outputs: list[list[int]] = [[] for _ in prompts]
+    produced = [0] * len(prompts)
     done = [max_tokens == 0] * len(prompts)
     with inference(model):
         cache = model.new_cache(len(prompts))
@@ -130,20 +131,34 @@ def generate(
             chosen = choose_next(
                 log_probs, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
             ).tolist()
-            column = []
+            column, new = [], []
             for row, prompt in enumerate(prompts):
                 if position < lengths[row]:
                     column.append(int(prompt[position]))
+                    new.append(None)
                     continue
-                if not done[row]:
-                    outputs[row].append(chosen[row])
-                    done[row] = len(outputs[row]) == max_tokens or chosen[row] == eos_id
+                if done[row]:
+                    new.append(None)
+                else:
+                    new.append(chosen[row])
+                    produced[row] += 1
+                    done[row] = produced[row] == max_tokens or chosen[row] == eos_id
                 column.append(chosen[row])  # finished rows keep being fed something; their outputs are final
+            yield new
             if all(done):
                 break
             step = torch.tensor(column, dtype=torch.long, device=device).unsqueeze(1)
             log_probs = model.next_token_log_probs(step, cache=cache)[:, 0]
             position += 1
+
+
+def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], *, max_tokens: int, **options) -> list[list[int]]:
+    """The generated ids of each prompt: :func:`generate_steps` (same options) collected."""
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for new in generate_steps(model, prompts, max_tokens=max_tokens, **options):
+        for row, token in enumerate(new):
+            if token is not None:
+                outputs[row].append(token)
     return outputs
 
 
@@ -162,6 +177,14 @@ def encode_prompt(vocab: "Vocabulary", text: str) -> list[int]:
     return [start] + vocab.encode(tokens)
 
 
+def _text_options(vocab: "Vocabulary", stop_at_eos: bool | None, allow_unk: bool) -> tuple[int | None, list[int]]:
+    """(the id that ends generation, or None; the ids never generated) for text generation with ``vocab``."""
+    if stop_at_eos is None:
+        stop_at_eos = vocab.bos_id is not None
+    banned = [i for i in (vocab.bos_id, None if allow_unk else vocab.unk_id) if i is not None]
+    return (vocab.eos_id if stop_at_eos else None), banned
+
+
 def generate_text(
     model: LanguageModel,
     vocab: "Vocabulary",
@@ -173,8 +196,7 @@ def generate_text(
     **sampling,
 ) -> list[str]:
     """Continue each text prompt (or the one prompt given as a string); returns the continuations as text
-    (``sampling``: ``greedy``, ``temperature``,
-    ``top_k``, ``top_p``, ``seed`` as for :func:`generate`).
+    (``sampling``: ``greedy``, ``temperature``, ``top_k``, ``top_p``, ``seed`` as for :func:`generate_steps`).
 
     ``stop_at_eos`` defaults to True for sentence vocabularies (``</s>`` ends the sentence, and is not printed) and
     to False for stream ones, where ``<eos>`` only ends a line and is written as a line break. ``<s>`` is never
@@ -182,14 +204,55 @@ def generate_text(
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    if stop_at_eos is None:
-        stop_at_eos = vocab.bos_id is not None
-    banned = [i for i in (vocab.bos_id, None if allow_unk else vocab.unk_id) if i is not None]
+    eos_id, banned = _text_options(vocab, stop_at_eos, allow_unk)
     ids = [encode_prompt(vocab, text) for text in prompts]
-    outputs = generate(
-        model, ids, max_tokens=max_tokens, eos_id=vocab.eos_id if stop_at_eos else None, banned_ids=banned, **sampling
-    )
+    outputs = generate(model, ids, max_tokens=max_tokens, eos_id=eos_id, banned_ids=banned, **sampling)
     return [ids_to_text(vocab, out) for out in outputs]
+
+
+def stream_text(
+    model: LanguageModel,
+    vocab: "Vocabulary",
+    prompt: str,
+    *,
+    max_tokens: int,
+    stop_at_eos: bool | None = None,
+    allow_unk: bool = True,
+    **sampling,
+) -> Iterator[str]:
+    """The continuation of one prompt as pieces of text, each yielded as soon as it is settled: a word as soon as it
+    is generated (for BPE pieces, a word once the next one starts), a line break once the line after it begins.
+    Joined, the pieces are exactly :func:`generate_text`'s text for the same options."""
+    eos_id, banned = _text_options(vocab, stop_at_eos, allow_unk)
+    ids = [encode_prompt(vocab, prompt)]
+    words_in_line, word, pending_break = 0, [], False
+    bpe = vocab.splitter == "bpe"
+
+    def flush() -> str:
+        nonlocal words_in_line, word
+        text = ("" if words_in_line == 0 else " ") + vocab.detokenize(vocab.decode(word)) if word else ""
+        words_in_line += bool(word)
+        word = []
+        return text
+
+    for (token,) in generate_steps(model, ids, max_tokens=max_tokens, eos_id=eos_id, banned_ids=banned, **sampling):
+        if token is None:
+            continue
+        if token == vocab.eos_id:
+            if piece := flush():
+                yield piece
+            if pending_break:
+                yield "\n"
+            pending_break, words_in_line = True, 0  # a final eos is dropped, as ids_to_text drops it
+            continue
+        if pending_break:
+            yield "\n"
+            pending_break = False
+        if word and (not bpe or vocab.itos[token].startswith("\u2581")):  # a new word starts: the last one is settled
+            yield flush()
+        word.append(token)
+    if piece := flush():
+        yield piece
 
 
 def ids_to_text(vocab: "Vocabulary", ids: Sequence[int]) -> str:

@@ -45,6 +45,10 @@ class GcnnError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
+class GcnnWarning(UserWarning):
+    """A setting that works but probably does not do what the user meant; the command line prints it as a warning."""
+
+
 class ConfigError(GcnnError, ValueError):
     """A configuration key that does not exist, or a value of the wrong type or range."""
 
@@ -55,3 +59,13 @@ class DataError(GcnnError):
 
 class CheckpointError(GcnnError):
     """A checkpoint or model folder that is missing, damaged or does not match."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an operating-system or library error: its cause, and the file it concerns where it names one."""
+    if isinstance(exc, OSError):
+        cause = exc.strerror or str(exc)
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {cause}" if names else cause
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

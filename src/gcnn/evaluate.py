@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gcnn.errors import ConfigError, DataError, option
+from gcnn.errors import ConfigError, DataError, GcnnWarning, option
 from gcnn.lm import IGNORE_INDEX, LanguageModel, inference
 
 from gcnn.data.prepared import PreparedData
@@ -183,6 +184,11 @@ def stream_settings(model: LanguageModel, context: int | None, stride: int | Non
         if limit is not None:
             context = min(context, (limit + 1) // 2)
     _check_positive("context", context)
+    if context == 1 and model.receptive_field != 1:
+        warnings.warn(
+            f"{option('context')} 1: every token is predicted from one input token only (the one before it), not from "
+            f"the {model.receptive_field or 'unbounded'} tokens the model can use", GcnnWarning, stacklevel=3,
+        )
     if stride is None:
         stride = max(context, MIN_DEFAULT_STRIDE) if limit is None else max(1, limit - context + 1)
     _check_positive("stride", stride)

@@ -178,10 +178,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # PyTorch's message suggests weights_only=False, which would run code from the file: it is not repeated
         refused = re.search(r"GLOBAL (\S+)", str(exc))
         if refused is None:
-            first_line = str(exc).splitlines()[0]
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged?): {first_line}") from None
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (damaged, or it holds something other than tensors and "
+                "plain containers)"
+            ) from None
         raise CheckpointError(
             f"{path}: refused to unpickle a {refused.group(1)} object; only tensors, plain containers, "
             "argparse.Namespace and numpy scalars are read, so that no code from the file runs"

@@ -11,16 +11,19 @@ built the same way (:func:`staged_folder`). Temporary names carry the writer's p
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from gcnn.errors import CheckpointError
+from gcnn.errors import CheckpointError, GcnnError
 from gcnn.layout import CHECKSUMS_FILE
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
@@ -146,6 +149,11 @@ def remove_leftovers(folder: str | os.PathLike, *, all_writers: bool = False) ->
     return removed
 
 
+def is_leftover(entry: Path) -> bool:
+    """Whether ``entry`` is a temporary file or folder of a gcnn writer (live or not)."""
+    return _TMP.match(entry.name) is not None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -154,6 +162,49 @@ def _alive(pid: int) -> bool:
     except OSError:  # exists, but another user's
         return True
     return True
+
+
+# ------------------------------------------------------------------------------------------------ one writer
+class InUseError(GcnnError):
+    """Another live process is writing the same destination."""
+
+
+def lock_path(destination: str | os.PathLike) -> Path:
+    """The lock file of a destination folder: ``.NAME.lock`` beside it (so that the folder itself can be created,
+    replaced or renamed while the lock is held)."""
+    destination = Path(destination)
+    return destination.parent / f".{destination.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(destination: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the one writer's lock on ``destination`` for the duration, or raise :class:`InUseError` naming the live
+    process that holds it. The lock is the OS's (``flock``): the kernel releases it when its holder dies, so a kill -9
+    leaves no stale lock. ``what`` (e.g. ``"gcnn train"``) is recorded for the error message of a second writer."""
+    path = lock_path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, _file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise InUseError(f"{destination} is being written by {holder}; wait for it to finish (or stop it)") from None
+        try:  # a releasing holder may have unlinked the file between our open and our lock: then start again
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')})".encode())
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock: the next writer's inode check sees it
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------ checksums

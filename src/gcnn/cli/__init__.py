@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import warnings
 from typing import Sequence
 
-from gcnn.errors import GcnnError, render
+from gcnn.errors import GcnnError, GcnnWarning, describe_error, render
 
 # name on the command line -> module in this package
 COMMANDS = {
@@ -67,16 +70,44 @@ def message(exc: GcnnError, flags: dict[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Errors a user can cause are one line on stderr and exit status 2: gcnn's own errors (in the
+    command's flags) and file-system errors (the path and the cause). A closed output pipe (``gcnn score | head``)
+    ends the command quietly with 141, as it would a Unix tool; Ctrl-C with 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = f"gcnn {args._name}"
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, category, *rest: _warn(name, message, category, rest)
+        try:
+            return int(args._run(args) or 0)
+        except GcnnError as exc:
+            print(f"{name}: error: {message(exc, args._flags)}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            _silence_stdout()
+            return 128 + signal.SIGPIPE
+        except OSError as exc:
+            print(f"{name}: error: {describe_error(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _warn(name: str, message: Warning | str, category: type[Warning], rest: tuple) -> None:
+    if issubclass(category, GcnnWarning):
+        print(f"{name}: warning: {message}", file=sys.stderr)
+    else:
+        warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, *rest[:2]))  # type: ignore[attr-defined]
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe does not complain."""
     try:
-        return int(args._run(args) or 0)
-    except GcnnError as exc:
-        print(f"gcnn {args._name}: error: {message(exc, args._flags)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"gcnn {args._name}: interrupted", file=sys.stderr)
-        return 130
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

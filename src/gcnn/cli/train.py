@@ -26,9 +26,10 @@ examples:
   torchrun --nproc_per_node 8 -m gcnn train --data data/wikitext-103 --config configs/wikitext103-paper.toml \\
       --out runs/wt103                                         # DistributedDataParallel on 8 GPUs
 
-Ctrl-C or SIGTERM finishes the current update, saves a checkpoint and exits (130 / 143); resume with --resume."""
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal) finishes the current update, saves a checkpoint and exits
+(130 / 143 / 129); resume with --resume."""
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

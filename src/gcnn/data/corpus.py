@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from gcnn.data import shakespeare
 from gcnn.data.prepared import DTYPES, FORMAT_NAME, FORMAT_VERSION, PreparedData, ids_dtype, is_prepared_folder
 from gcnn.data.text import FORMATS, SPLITS, UNK, Corpus, TextFile, unit_texts, word_tokenizer
 from gcnn.data.vocab import Vocabulary
-from gcnn.errors import DataError, option
+from gcnn.errors import DataError, GcnnWarning, option
 from gcnn.fs import atomic_write, remove_leftovers, sha256_file, staged_folder
 from gcnn.layout import MANIFEST_FILE, VOCAB_FILE
 from gcnn.version import __version__
@@ -223,6 +224,15 @@ def _word_vocabulary(
         splitter=corpus.splitter,
         lowercase=corpus.lowercase,
     )
+    specials = {UNK, eos} | ({bos} if bos else set())
+    if all(token in specials for token in vocab.itos):
+        words = [(c, w) for w, c in counts.items() if w not in specials]
+        seen = f"the most frequent word, {max(words)[1]!r}, is seen {max(words)[0]:,} times" if words else "it has no words"
+        raise DataError(
+            f"{', '.join(map(str, corpus.files['train']))}: no word of the training split is kept ({seen}, and "
+            f"{option('min_count')} is {min_count:,}): the vocabulary would be only {', '.join(sorted(specials))}; "
+            f"lower {option('min_count')}"
+        )
     del counts
     stoi, unk_id = vocab.stoi, vocab.unk_id
 
@@ -262,6 +272,12 @@ def _bpe_vocabulary(
     counts = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
     for lines in _read(corpus.files["train"], hashes, bar):
         counts += np.bincount(raw_ids(texts_of(lines)), minlength=len(counts))
+    if tokenizer.get_vocab_size() < size:
+        warnings.warn(
+            f"{option('bpe')} asked for {size:,} pieces, but the training split supports only "
+            f"{tokenizer.get_vocab_size():,} (every merge it has was learned): the vocabulary has "
+            f"{tokenizer.get_vocab_size():,}", GcnnWarning, stacklevel=3,
+        )
     pieces, piece_counts, table = frequency_order(tokenizer, counts, bos=bos)
     vocab = Vocabulary(pieces, counts=piece_counts, unk=UNK, eos=eos, bos=bos, splitter="bpe",
                        lowercase=corpus.lowercase, bpe_json=tokenizer.to_str())
@@ -329,6 +345,7 @@ def _write_split(
     oov = unk - min(literal_unk, unk)
     return {
         "file": path.name,
+        "sha256": sha256_file(path),
         "dtype": dtype,
         "tokens": tokens,
         "sequences": sequences,

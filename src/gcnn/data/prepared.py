@@ -65,10 +65,11 @@ class PreparedData:
     def open(cls, path: str | os.PathLike, *, verify: str = "auto") -> "PreparedData":
         """Open and validate a prepared folder.
 
-        Checks the manifest's structure and version, the vocabulary's sha256 and size, each split file's size, and
-        that ids are below the vocabulary size: ``verify="full"`` reads every id, ``"sample"`` reads the first, last
-        and 64 evenly spaced blocks of 65,536 ids per split, ``"auto"`` is full up to 256 MiB of ids and sampled
-        beyond. (The batcher also checks every batch it makes.) Raises DataError naming the file at fault.
+        Checks the manifest's structure and version, that no file is a symbolic link, the vocabulary's sha256 and
+        size, each split file's size, and that ids are below the vocabulary size: ``verify="full"`` also checks each
+        id file's sha256 and reads every id, ``"sample"`` reads the first, last and 64 evenly spaced blocks of 65,536
+        ids per split, ``"auto"`` is full up to 256 MiB of ids and sampled beyond. (The batcher also checks every
+        batch it makes.) Raises DataError naming the file at fault.
         """
         if verify not in ("auto", "full", "sample"):
             raise ValueError(f"verify must be 'auto', 'full' or 'sample', not {verify!r}")
@@ -87,6 +88,12 @@ class PreparedData:
             raise DataError(f"{manifest_path}: damaged manifest, not valid JSON ({exc})") from None
         _check_manifest(manifest, manifest_path)
 
+        for name in [manifest["vocab"]["file"], MANIFEST_FILE] + [e["file"] for e in manifest["splits"].values()]:
+            if (path / name).is_symlink():
+                raise DataError(
+                    f"{path / name}: a symbolic link (to {os.readlink(path / name)}); a prepared folder holds its own "
+                    "files, so that nothing outside it is read or changed in its name"
+                )
         vocab_path = path / manifest["vocab"]["file"]
         if not vocab_path.is_file():
             raise DataError(f"{vocab_path}: vocabulary file missing from the prepared folder")
@@ -112,6 +119,8 @@ class PreparedData:
         total = sum((path / manifest["splits"][s]["file"]).stat().st_size for s in data.splits)
         full = verify == "full" or (verify == "auto" and total <= _FULL_CHECK_BYTES)
         data.verify_ids(full=full)
+        if full:
+            data.verify_hashes()
         return data
 
     # ------------------------------------------------------------------------------------------------ contents
@@ -162,6 +171,18 @@ class PreparedData:
             raise DataError(
                 f"the vocabulary given has the same size as the one in {self.path} but different tokens or ids"
             )
+
+    def verify_hashes(self) -> None:
+        """Raise DataError if an id file's sha256 differs from the manifest's (folders written by gcnn 0.1.0
+        before the hashes were recorded have none to check)."""
+        for name in self.splits:
+            entry = self.manifest["splits"][name]
+            file = self.path / entry["file"]
+            if entry.get("sha256") is not None and sha256_file(file) != entry["sha256"]:
+                raise DataError(
+                    f"{file}: the ids of split {name!r} changed since `gcnn prepare` wrote them (their sha256 differs "
+                    f"from {self.path / MANIFEST_FILE}); run `gcnn prepare` again"
+                )
 
     def verify_ids(self, *, full: bool = True) -> None:
         """Raise DataError if an id of any split is not below the vocabulary size (all ids, or a sample)."""
@@ -239,3 +260,5 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         if need(entry, "tokens", int, f"{label}.tokens") < 1:
             raise DataError(f"{where}: damaged manifest: '{label}.tokens' must be positive")
         need(entry, "oov_rate", (int, float), f"{label}.oov_rate")
+        if "sha256" in entry:
+            need(entry, "sha256", str, f"{label}.sha256")

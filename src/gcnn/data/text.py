@@ -71,12 +71,17 @@ class TextFile:
         with open(self.path, "rb") as raw_file:
             raw = _HashingReader(raw_file)
             text = io.TextIOWrapper(io.BufferedReader(raw, 1 << 20), encoding="utf-8-sig", newline=None)
+            number = 0
             try:
                 while True:
                     lines = text.readlines(_CHUNK_CHARS)
                     self.bytes_read = raw.bytes_read
                     if not lines:
                         break
+                    if any("\x00" in line for line in lines):
+                        at = number + next(i for i, line in enumerate(lines) if "\x00" in line) + 1
+                        raise DataError(f"{self.path}: line {at} holds NUL bytes: a binary file, not text")
+                    number += len(lines)
                     yield lines
             except UnicodeDecodeError:
                 raise DataError(_describe_bad_utf8(self.path)) from None

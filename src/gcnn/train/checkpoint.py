@@ -3,6 +3,7 @@
 ``RUN/checkpoints/update_00001200/`` holds everything needed to continue a run exactly:
 
     config.json, model.safetensors   the model, as gcnn.io.write_model writes it (so gcnn.load works on it)
+    SHA256SUMS                       every file's sha256, checked whenever the checkpoint is loaded
     optimizer.safetensors            the optimizer's per-parameter tensors (momentum buffers, Adam moments, steps)
     rng.safetensors                  every process's torch (and CUDA) and numpy generator states
     trainer_state.json               counters, data position, schedule, best score, the optimizer's hyperparameters
@@ -26,10 +27,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from gcnn.errors import CheckpointError, GcnnError
-from gcnn.fs import atomic_write_json, fsync_dir, remove_folder, temporary_name, write_atomically
+from gcnn.errors import CheckpointError, GcnnError, describe_error
+from gcnn.fs import (
+    atomic_write_json,
+    fsync_dir,
+    remove_folder,
+    temporary_name,
+    verify_checksums,
+    write_atomically,
+    write_checksums,
+)
 from gcnn.io import read_weights, write_model
 from gcnn.layout import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE
 
@@ -98,15 +108,16 @@ def save_checkpoint(
         full_state = dict(state, format=STATE_FORMAT, version=STATE_VERSION, update=update,
                           optimizer=optimizer_meta, rng=rng_meta)
         atomic_write_json(tmp / CHECKPOINT_STATE_FILE, full_state)
+        write_checksums(tmp)  # checked when the checkpoint is loaded: flipped bytes are never resumed from
         fsync_dir(tmp)
         if final.exists():  # the same update saved again (a stop right after a save): swap it in
             remove_folder(final)
         os.rename(tmp, final)
         fsync_dir(root)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise GcnnError(
-            f"could not write a checkpoint to {final}: {exc.strerror or exc} (disk full or not writable?); "
+            f"could not write a checkpoint to {final}: {describe_error(exc)} (disk full or not writable?); "
             f"the previous checkpoints in {root} are intact"
         ) from None
     except BaseException:
@@ -177,8 +188,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read one checkpoint folder; CheckpointError names the damaged file."""
+    """Read one checkpoint folder, every file checked against its SHA256SUMS; CheckpointError names the damaged file."""
     path = Path(path)
+    verify_checksums(path)
     state_path = path / CHECKPOINT_STATE_FILE
     try:
         state = json.loads(state_path.read_text())

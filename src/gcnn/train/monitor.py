@@ -126,9 +126,12 @@ class Progress:
 
     def update(self, done: int, *, loss: float, tokens_per_s: float, lr: float) -> None:
         stats = f"loss {loss:.3f}, ppl {perplexity(loss):.1f}, lr {lr:.3g}, {tokens_per_s:,.0f} tok/s"
-        if self._bar is not None:
-            self._bar.update(done - self._bar.n)
-            self._bar.set_postfix_str(f"{self._time_left(done)} left, {stats}", refresh=True)
+        if self._bar is not None and not self.silent:
+            try:
+                self._bar.update(done - self._bar.n)
+                self._bar.set_postfix_str(f"{self._time_left(done)} left, {stats}", refresh=True)
+            except OSError:
+                self.silent = True
         elif not self.silent and done % self.every == 0:
             of = f"/{self.total}" if self.total else ""
             self.log(f"update {done}{of}: {stats}, {self._time_left(done)} left")
@@ -136,10 +139,13 @@ class Progress:
     def log(self, message: str) -> None:
         if self.silent:
             return
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
+        try:
+            if self._bar is not None:
+                self._bar.write(message, file=self.stream)
+            else:
+                print(message, file=self.stream, flush=True)
+        except OSError:  # a closed pipe or a full disk behind stderr: go on training, silently
+            self.silent = True
 
     def _time_left(self, done: int) -> str:
         now = time.monotonic()

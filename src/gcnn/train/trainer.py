@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from gcnn.architectures import model_from_config
 from gcnn.data import Batches, PreparedData
-from gcnn.errors import CheckpointError, ConfigError, GcnnError, option
-from gcnn.fs import atomic_write_json
-from gcnn.io import write_model
-from gcnn.layout import METRICS_FILE, RUN_FILE, VOCAB_FILE
+from gcnn.errors import CheckpointError, ConfigError, GcnnError, GcnnWarning, describe_error, option
+from gcnn.fs import atomic_write_json, exclusive, is_leftover, remove_leftovers
+from gcnn.io import describe_folder, write_model
+from gcnn.layout import CURVE_FILE, METRICS_FILE, RUN_FILE, VOCAB_FILE
 from gcnn.lm import IGNORE_INDEX
 from gcnn.train import checkpoint as ckpt
 from gcnn.train import distributed
@@ -43,7 +44,7 @@ from gcnn.version import __version__
 RUN_FORMAT = "gcnn-run"
 # keys that must not change when a run is resumed: they define the model, the data order or its position
 FROZEN_ON_RESUME = ("model", "batch_size", "context", "accum_steps", "seed")
-STOP_CODES = {0: None, 1: "max_updates", 2: "max_epochs", 3: "max_minutes", 4: "SIGTERM", 5: "SIGINT"}
+STOP_CODES = {0: None, 1: "max_updates", 2: "max_epochs", 3: "max_minutes", 4: "SIGHUP", 5: "SIGTERM", 6: "SIGINT"}
 
 
 class TrainingError(GcnnError):
@@ -70,7 +71,8 @@ class RunResult:
         return (
             f"{self.run_dir}: {self.updates} updates ({self.epochs:.2f} epochs, {self.tokens:,} tokens) in "
             f"{self.seconds / 60:.1f} min, stopped by {self.stop_reason}; train loss {self.train_loss:.3f}, "
-            f"valid ppl {self.valid_ppl:.2f} (best {self.best_valid_ppl:.2f})"
+            + (f"valid ppl {self.valid_ppl:.2f} (best {self.best_valid_ppl:.2f})" if math.isfinite(self.best_valid_ppl)
+               else "valid ppl not measured (stopped before the first validation)")
             + (f"; {self.skipped_updates} updates skipped (non-finite)" if self.skipped_updates else "")
         )
 
@@ -84,11 +86,47 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False, sil
     config.validate()
     ctx = distributed.setup(config.device)
     try:
-        with _StopSignals() as signals:
+        with _StopSignals() as signals, _run_folder(Path(config.out), ctx):
             trainer = Trainer(config, ctx, signals, resume=resume, quiet=quiet, silent=silent)
             return trainer.run()
     finally:
         distributed.teardown(ctx)
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir: Path, ctx: distributed.Dist) -> Iterator[None]:
+    """The main process's claim on the run folder for the whole run: the folder must be new, empty or (a run folder)
+    this run's; one writer at a time (an OS lock, released by the kernel if the process dies); leftovers of killed
+    writers are removed. Other processes write nothing there."""
+    if not ctx.is_main:
+        yield
+        return
+    check_run_destination(run_dir)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(run_dir, "gcnn train"))
+        except OSError as exc:
+            raise GcnnError(f"run folder {run_dir} is not writable: {describe_error(exc)}") from None
+        for folder in (run_dir, run_dir / ckpt.CHECKPOINTS_DIR):
+            remove_leftovers(folder, all_writers=True)  # no other writer can be live: we hold the lock
+        yield
+
+
+def check_run_destination(run_dir: Path) -> None:
+    """Refuse, before anything is written, a run folder that holds something other than a gcnn run: a prepared-data
+    folder, an exported model, other files."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise GcnnError(f"{option('out')} {run_dir}: exists and is not a folder")
+    if (run_dir / RUN_FILE).is_file() or not any(e for e in run_dir.iterdir() if not is_leftover(e)):
+        return
+    entries = sorted(p.name for p in run_dir.iterdir())
+    shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    raise GcnnError(
+        f"{option('out')} {run_dir} is {describe_folder(run_dir)} ({shown}), not a run folder: training goes into a "
+        f"new or empty folder, or continues a run folder of its own; choose another {option('out', 'out folder')}"
+    )
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -114,8 +152,8 @@ def _read_run_file(path: Path) -> dict[str, Any]:
 
 
 class _StopSignals:
-    """Turns the first SIGINT/SIGTERM into a request to stop after the current update; a second SIGINT interrupts
-    at once. Only installed in the main thread (signal handlers can only live there)."""
+    """Turns the first SIGINT, SIGTERM or SIGHUP (a closed terminal) into a request to stop after the current update;
+    a second SIGINT interrupts at once. Only installed in the main thread (signal handlers can only live there)."""
 
     def __init__(self) -> None:
         self.received: str | None = None
@@ -123,7 +161,7 @@ class _StopSignals:
 
     def __enter__(self) -> "_StopSignals":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -161,6 +199,12 @@ class Trainer:
         self.model_config = resolve_model_config(config.model, self.data.vocab_size)
         self.model = model_from_config(self.model_config).to(ctx.device)
         self.model.vocab = self.data.vocab  # its fingerprint goes into every saved model
+        field = getattr(self.model_config, "receptive_field", None)
+        if field is not None and config.context < field:
+            warnings.warn(
+                f"train.context {config.context} is shorter than the model's receptive field ({field} tokens): no "
+                f"position is trained with the {field} tokens of context the model can use", GcnnWarning, stacklevel=3,
+            )
         max_len = getattr(self.model_config, "max_len", None)
         if max_len is not None and config.context < max_len:  # positions past the context are never trained
             self.model.trained_positions = config.context
@@ -296,9 +340,10 @@ class Trainer:
                     self._validate(step_schedule=True)
                     self._save()
             return self._finish(reason)
-        except TrainingError as exc:  # say so in run.json, which would otherwise still read "running"
+        except GcnnError as exc:  # say so in run.json, which would otherwise still read "running"
             if self.ctx.is_main:
-                self._write_run_file("failed", str(exc))
+                with contextlib.suppress(OSError, GcnnError):  # a full disk may refuse this too
+                    self._write_run_file("failed", str(exc))
             raise
         finally:
             self.progress.close()
@@ -322,7 +367,7 @@ class Trainer:
         elif c.max_minutes and time.monotonic() - self.started >= 60 * c.max_minutes:
             code = 3
         if self.signals.received:
-            code = 5 if self.signals.received == "SIGINT" else 4
+            code = {"SIGHUP": 4, "SIGTERM": 5, "SIGINT": 6}[self.signals.received]
         return STOP_CODES[distributed.all_max(code, self.ctx)]
 
     def _train_update(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -371,10 +416,13 @@ class Trainer:
         self.skipped += not finite
         self.bad_in_a_row = self.bad_in_a_row + 1 if failed else 0
         if self.bad_in_a_row >= self.config.max_bad_updates:
+            remedies = ["lower train.lr", "set train.clip_norm"] + (["use fp32"] if self.config.precision != "fp32" else [])
+            saved = ckpt.list_checkpoints(self.run_dir)
+            where = (f"The last good checkpoint is {saved[-1]}" if saved else
+                     "No checkpoint was saved yet (the run stopped before its first validation)")
             raise TrainingError(
                 f"{self.bad_in_a_row} updates in a row had a non-finite loss or gradient (update {self.update + 1}, "
-                f"loss {loss_value}, gradient norm {grad_norm}); lower train.lr, set train.clip_norm, or use fp32. "
-                f"The last good checkpoint is in {self.run_dir / ckpt.CHECKPOINTS_DIR}"
+                f"loss {loss_value}, gradient norm {grad_norm}); {', '.join(remedies[:-1])} or {remedies[-1]}. {where}"
             )
         return grad_norm
 
@@ -408,11 +456,20 @@ class Trainer:
         if loss < self.best_loss:
             self.best_loss, self.best_update = loss, self.update
             if self.ctx.is_main:
-                write_model(self.model, self.run_dir)
+                try:
+                    write_model(self.model, self.run_dir)
+                except (OSError, SafetensorError) as exc:
+                    raise GcnnError(
+                        f"could not write the best model into {self.run_dir}: {describe_error(exc)} (disk full or not "
+                        f"writable?); the checkpoints in {self.run_dir / ckpt.CHECKPOINTS_DIR} are intact"
+                    ) from None
         if self.metrics is not None:
             self.metrics.write({"kind": "valid", "update": self.update, "epoch": self._epochs(),
                                 "tokens": self.tokens, "loss": loss, "ppl": perplexity(loss), "time": self._elapsed()})
-            plot_learning_curve(self.run_dir)
+            try:
+                plot_learning_curve(self.run_dir)
+            except OSError as exc:  # a plot is not worth stopping a run for: the metrics are in metrics.jsonl
+                self.progress.log(f"warning: could not draw {self.run_dir / CURVE_FILE}: {describe_error(exc)}")
         self.progress.log(f"update {self.update} (epoch {self._epochs():.2f}): valid loss {loss:.3f}, "
                           f"ppl {perplexity(loss):.2f} (best {perplexity(self.best_loss):.2f})")
         return loss
@@ -491,7 +548,7 @@ class Trainer:
         })
 
     def _finish(self, reason: str) -> RunResult:
-        by_signal = reason in ("SIGINT", "SIGTERM")
+        by_signal = reason in ("SIGINT", "SIGTERM", "SIGHUP")
         if not by_signal and self.last_valid[0] != self.update:
             self._validate(step_schedule=False)
         if self.saved_update != self.update:

@@ -42,15 +42,3 @@ def random_conv(cin, cout, k, groups, weight_norm=True):
         if weight_norm:
             conv.weight_g.uniform_(0.5, 2.0)
     return conv
-
-
-CONV_CASES = [(6, 8, 3, 1), (6, 8, 1, 1), (6, 8, 4, 2)]  # (in, out, kernel, groups)
-
-
-def random_conv(cin, cout, k, groups, weight_norm=True):
-    conv = CausalConv(cin, cout, k, groups=groups, weight_norm=weight_norm)
-    with torch.no_grad():
-        conv.bias.normal_()
-        if weight_norm:
-            conv.weight_g.uniform_(0.5, 2.0)
-    return conv

@@ -11,7 +11,7 @@ import torch
 import gcnn
 from gcnn.cli import main
 from gcnn.data import Corpus, Vocabulary, prepare
-from gcnn.errors import CheckpointError, ConfigError, DataError
+from gcnn.errors import CheckpointError, ConfigError
 from gcnn.evaluate import evaluate_split, perplexity, sentence_spans, stream_windows
 
 V = 80  # gcnn-tiny's cutoffs (20, 60) fit

@@ -253,7 +253,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(prepared, tmp_path, monk
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_save_tensors", disk_full)
+    monkeypatch.setattr(ckpt, "save_tensors", disk_full)
     with pytest.raises(GcnnError, match="No space left on device.*previous checkpoints .* are intact"):
         train(build_config(flags={"max_updates": 4}, base=load_run_config(run)), resume=True, silent=True)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["update_00000002"]  # no half-written folder

@@ -20,9 +20,11 @@ knew with the model: ``model.vocab`` and ``model.trained_positions``.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +37,7 @@ from gcnn.card import ModelCard
 from gcnn.config import ConfigBase
 from gcnn.data.vocab import Vocabulary
 from gcnn.errors import CheckpointError, GcnnError, option
-from gcnn.fs import atomic_write_json, staged_folder, verify_checksums, write_atomically, write_checksums
+from gcnn.fs import atomic_write_json, exclusive, staged_folder, verify_checksums, write_atomically, write_checksums
 from gcnn.layout import (
     CARD_FILE,
     CHECKPOINT_STATE_FILE,
@@ -71,11 +73,26 @@ def write_model(model: LanguageModel, directory: str | os.PathLike, *, vocab: Vo
         metadata["vocab_fingerprint"] = vocab.fingerprint()
     if model.trained_positions is not None:
         metadata["trained_positions"] = str(int(model.trained_positions))
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_tensors(model.state_dict(), directory / WEIGHTS_FILE, metadata=metadata)
     atomic_write_json(directory / CONFIG_FILE, model.config.to_dict())
     if save_vocab:
         vocab.save(directory / VOCAB_FILE)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, *, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as a safetensors file, atomically. A failed write is an OSError naming ``path`` (safetensors
+    reports its own I/O errors in another type)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            found = re.search(r"os error (\d+)", str(exc))
+            code = int(found.group(1)) if found else errno.EIO
+            raise OSError(code, os.strerror(code) if found else str(exc), str(path)) from None
+
+    write_atomically(path, write)
 
 
 def save_pretrained(
@@ -92,13 +109,14 @@ def save_pretrained(
     """
     directory = Path(directory)
     vocab = vocab if vocab is not None else model.vocab
-    replace = check_export_destination(directory)
-    with staged_folder(directory, replace=replace) as staging:
-        write_model(model, staging, vocab=vocab)
-        (staging / CARD_FILE).write_text((card or ModelCard()).render(model, vocab), encoding="utf-8")
-        if write_extra is not None:
-            write_extra(staging)
-        write_checksums(staging)
+    check_export_destination(directory)
+    with exclusive(directory, "gcnn export"):  # checked again under the lock: another writer may have finished
+        with staged_folder(directory, replace=check_export_destination(directory)) as staging:
+            write_model(model, staging, vocab=vocab)
+            (staging / CARD_FILE).write_text((card or ModelCard()).render(model, vocab), encoding="utf-8")
+            if write_extra is not None:
+                write_extra(staging)
+            write_checksums(staging)
     return directory
 
 

@@ -9,7 +9,6 @@ kernels (folded weights, oneDNN-packed bf16, int8) are applied from outside by :
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,8 +116,11 @@ class CausalConv(nn.Module):
         return padded
 
     def forward(self, x: Tensor, cache: ConvCache | None = None) -> Tensor:
-        padded = self.padded_input(x, cache)
-        out = F.conv1d(padded.transpose(1, 2), self.effective_weight(), self.bias, groups=self.groups)  # (B, C_out, T)
+        if cache is None:  # the same as padded_input, with the zeros added in the (B, C, T) layout conv1d reads
+            padded = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))
+        else:
+            padded = self.padded_input(x, cache).transpose(1, 2)
+        out = F.conv1d(padded, self.effective_weight(), self.bias, groups=self.groups)  # (B, C_out, T)
         return out.transpose(1, 2)
 
 

@@ -9,6 +9,7 @@ complete.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -18,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from gcnn.data.prepared import DTYPES, FORMAT_NAME, FORMAT_VERSION, PreparedData
 from gcnn.data.text import FORMATS, SPLITS, UNK, Corpus, TextFile, unit_texts, word_tokenizer
 from gcnn.data.vocab import Vocabulary
 from gcnn.errors import DataError, GcnnWarning, option
-from gcnn.fs import atomic_write, remove_leftovers, sha256_file, staged_folder
+from gcnn.fs import atomic_write, exclusive, remove_leftovers, sha256_file, staged_folder
 from gcnn.layout import MANIFEST_FILE, VOCAB_FILE
 from gcnn.version import __version__
 
@@ -165,11 +166,9 @@ def prepare(
     """
     out = Path(out)
     _check_options(corpus, min_count, max_size, bpe)
-    replacing = _check_destination(out, overwrite)
+    _check_destination(out, overwrite)
     _check_files(corpus)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out.parent)
-    with staged_folder(out, replace=replacing) as tmp:
+    with exclusive(out, "gcnn prepare"), _prepared_folder(out, overwrite) as tmp:
         passes = 3 if bpe else 2
         total = sum(p.stat().st_size for p in corpus.files["train"]) * (passes - 1)
         total += sum(p.stat().st_size for s in SPLITS for p in corpus.files[s])
@@ -188,6 +187,16 @@ def prepare(
         manifest = _manifest(corpus, vocab, tmp / VOCAB_FILE, splits, min_count, max_size, bpe)
         atomic_write(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return PreparedData.open(out)
+
+
+@contextlib.contextmanager
+def _prepared_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """The staging folder of ``out``, once this process holds its lock: the destination is checked again (another
+    writer may have finished since), leftovers of killed prepares are removed."""
+    replacing = _check_destination(out, overwrite)
+    remove_leftovers(out.parent)
+    with staged_folder(out, replace=replacing) as tmp:
+        yield tmp
 
 
 def _check_options(corpus: Corpus, min_count: int, max_size: int | None, bpe: int | None) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from gcnn.data.text import SPLITS
 from gcnn.data.vocab import Vocabulary
 from gcnn.errors import DataError
 from gcnn.fs import sha256_file

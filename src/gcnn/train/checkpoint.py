@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from gcnn.errors import CheckpointError, GcnnError, describe_error
 from gcnn.fs import (
@@ -37,10 +35,9 @@ from gcnn.fs import (
     remove_folder,
     temporary_name,
     verify_checksums,
-    write_atomically,
     write_checksums,
 )
-from gcnn.io import read_weights, write_model
+from gcnn.io import read_weights, save_tensors, write_model
 from gcnn.layout import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -102,9 +99,9 @@ def save_checkpoint(
     try:
         write_model(model, tmp)
         tensors, optimizer_meta = _split_optimizer_state(optimizer_state)
-        _save_tensors(tensors, tmp / OPTIMIZER_FILE)
+        save_tensors(tensors, tmp / OPTIMIZER_FILE)
         rng_tensors, rng_meta = _split_rng(rng)
-        _save_tensors(rng_tensors, tmp / RNG_FILE)
+        save_tensors(rng_tensors, tmp / RNG_FILE)
         full_state = dict(state, format=STATE_FORMAT, version=STATE_VERSION, update=update,
                           optimizer=optimizer_meta, rng=rng_meta)
         atomic_write_json(tmp / CHECKPOINT_STATE_FILE, full_state)
@@ -114,7 +111,7 @@ def save_checkpoint(
             remove_folder(final)
         os.rename(tmp, final)
         fsync_dir(root)
-    except (OSError, SafetensorError) as exc:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise GcnnError(
             f"could not write a checkpoint to {final}: {describe_error(exc)} (disk full or not writable?); "
@@ -161,11 +158,6 @@ def _join_rng(tensors: dict[str, torch.Tensor], meta: list[dict[str, Any]]) -> l
         dict(entry, **{key: tensors.get(f"rank{rank}.{key}") for key in ("torch", "cuda", "numpy_keys")})
         for rank, entry in enumerate(meta)
     ]
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def prune(run_dir: Path, keep_last: int, keep: set[str]) -> None:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import SafetensorError
 
 from gcnn.architectures import model_from_config
 from gcnn.data import Batches, PreparedData
@@ -458,7 +457,7 @@ class Trainer:
             if self.ctx.is_main:
                 try:
                     write_model(self.model, self.run_dir)
-                except (OSError, SafetensorError) as exc:
+                except OSError as exc:
                     raise GcnnError(
                         f"could not write the best model into {self.run_dir}: {describe_error(exc)} (disk full or not "
                         f"writable?); the checkpoints in {self.run_dir / ckpt.CHECKPOINTS_DIR} are intact"

@@ -283,26 +283,38 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors"))
 
 
+def done_updates(run: Path) -> int:
+    """The update of the newest complete checkpoint of a run (0 before the first)."""
+    folder = run / "checkpoints"
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return max((int(n.split("_")[1]) for n in names if n.startswith("update_")), default=0)
+
+
 def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_weights(env, tmp_path):
     """Checkpoints at every update, so that many kills land inside a checkpoint write; after each kill the run is
-    resumed; in the end the weights equal those of a run that was never killed, and no leftovers remain."""
-    updates = 14
+    resumed; in the end the weights equal those of a run that was never killed, and no leftovers remain. Each kill
+    waits for one more checkpoint than the last (so that a slow start on a busy machine cannot starve the run), then
+    a random moment of the next update or two."""
+    updates = 40
     common = ["--data", str(env / "prepared"), "--max-updates", str(updates), "--valid-every", "1", *TRAIN]
     assert main(["train", "--out", str(tmp_path / "straight"), *common]) == 0
     run = tmp_path / "killed"
     rng = random.Random(3)
     kills = 0
     proc = run_cli("train", "--out", str(run), *common)
-    while True:
-        time.sleep(rng.uniform(1.0, 3.0))  # python and torch take about a second to start
+    while kills < 6:
+        seen, deadline = done_updates(run), time.monotonic() + 300
+        while done_updates(run) <= seen and proc.poll() is None:
+            assert time.monotonic() < deadline, "training made no progress in 300 s"
+            time.sleep(0.01)
         if proc.poll() is not None:
-            assert proc.returncode == 0, proc.stderr.read()
             break
+        time.sleep(rng.uniform(0.0, 0.1))
         proc.kill()
         proc.wait()
         kills += 1
-        resume = ["--resume"] if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()) else common
-        proc = run_cli("train", "--out", str(run), *resume)
+        proc = run_cli("train", "--out", str(run), "--resume")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert kills >= 3
     expected, got = final_weights(tmp_path / "straight"), final_weights(run)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

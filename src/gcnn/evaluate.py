@@ -116,15 +116,29 @@ def _device(model: LanguageModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def target_log_probs(model: LanguageModel, inputs: np.ndarray, targets: np.ndarray, *, bf16: bool = False) -> Tensor:
+def target_log_probs(
+    model: LanguageModel, inputs: np.ndarray, targets: np.ndarray, *, bf16: bool = False,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> Tensor:
     """(B, T) inputs and targets (IGNORE_INDEX where a position does not count) -> (B, T) float32 log-probabilities
-    of the targets on the CPU, 0 where ignored. Call inside :func:`inference`."""
+    of the targets on the CPU, 0 where ignored. Call inside :func:`inference`.
+
+    At most ``batch_tokens`` positions go through the model at once: longer inputs are cut along time into pieces of
+    ``batch_tokens // B`` positions, each continuing the previous through the model's cache (the same results as one
+    pass), so memory is bounded whatever the length of a sequence."""
     device = _device(model)
     tokens = torch.from_numpy(inputs).to(device)
     wanted = torch.from_numpy(targets).to(device)
+    piece = max(1, batch_tokens // max(1, tokens.shape[0]))
     with _autocast(device, bf16):
-        out = model(tokens, wanted)
-    return out.target_log_probs.float().cpu()
+        if tokens.shape[1] <= piece:
+            return model(tokens, wanted).target_log_probs.float().cpu()
+        cache = model.new_cache(tokens.shape[0])
+        parts = [
+            model(tokens[:, start : start + piece], wanted[:, start : start + piece], cache=cache).target_log_probs.float().cpu()
+            for start in range(0, tokens.shape[1], piece)
+        ]
+    return torch.cat(parts, dim=1)
 
 
 def _padded(sequences: Sequence[np.ndarray], start_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +304,7 @@ def perplexity(
     else:
         raise ConfigError(f"mode must be 'stream' or 'sentence', got {mode!r}")
     began = time.perf_counter()
-    nll, tokens, unk = _sum_nll(model, batches, unk_id, exclude_unk, bf16, progress, total)
+    nll, tokens, unk = _sum_nll(model, batches, unk_id, exclude_unk, bf16, progress, total, batch_tokens)
     return Perplexity(nll, tokens, unk, mode, context, stride, exclude_unk, time.perf_counter() - began)
 
 
@@ -302,6 +316,7 @@ def _sum_nll(
     bf16: bool,
     progress: bool,
     total: int | None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> tuple[float, int, int]:
     from tqdm import tqdm
 
@@ -314,7 +329,7 @@ def _sum_nll(
                 unk += int(is_unk.sum())
                 if exclude_unk:
                     targets[is_unk] = IGNORE_INDEX
-            log_probs = target_log_probs(model, inputs, targets, bf16=bf16)
+            log_probs = target_log_probs(model, inputs, targets, bf16=bf16, batch_tokens=batch_tokens)
             nll -= float(log_probs.double().sum())
             tokens += int((targets != IGNORE_INDEX).sum())
             bar.update(len(inputs) if total else 1)
@@ -395,7 +410,8 @@ def _score_chunk(
     scores: list[SentenceScore | None] = [None] * len(texts)
     with inference(model):
         for batch in _length_batches([len(s) for s in sequences], batch_tokens):
-            log_probs = target_log_probs(model, *_padded([sequences[i] for i in batch], start_id), bf16=bf16)
+            inputs, targets = _padded([sequences[i] for i in batch], start_id)
+            log_probs = target_log_probs(model, inputs, targets, bf16=bf16, batch_tokens=batch_tokens)
             for row, i in enumerate(batch):
                 lps = log_probs[row, : len(sequences[i])].double()
                 oov = sum(1 for w in words[i] if w not in vocab.stoi)

@@ -5,7 +5,14 @@
   per tail cluster; tail cluster ``i`` projects the hidden state down to ``dim / div**(i+1)`` before its own softmax.
   Word ids must be sorted by frequency. Tails are only evaluated for the tokens that fall in them.
 
-Log-softmaxes are computed in float32 whatever the input dtype, so bf16 autocast keeps normalised distributions.
+Target log-probabilities (the loss, evaluation, scoring) never store a tokens x cluster matrix: each target's
+log-probability is its logit minus the log-sum-exp of its cluster's logits, and :func:`chunked_logsumexp` takes that
+sum over blocks of at most ``CHUNK_ELEMENTS`` logits at a time (its backward pass recomputes each block), so memory
+is bounded by the block size whatever the vocabulary and the number of tokens. The full next-token distribution
+(``log_probs``, for generation) is the usual log-softmax.
+
+Log-softmaxes and log-sum-exps are computed in float32 whatever the input dtype, so bf16 autocast keeps normalised
+distributions.
 """
 
 from __future__ import annotations
@@ -16,6 +23,101 @@ from torch import Tensor, nn
 
 from gcnn.config import check_cutoffs
 
+CHUNK_ELEMENTS = 1 << 20  # logits per block of chunked_logsumexp (4 MB in float32)
+MAX_CHUNK_COLUMNS = 8192  # vocabulary entries per block (rows of the weight)
+
+
+def _compute_dtype(hidden: Tensor) -> torch.dtype:
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
+def _blocks(rows: int, columns: int, chunk_elements: int) -> tuple[int, int]:
+    """(row block, column block) sizes with row_block * column_block <= chunk_elements (at least 1 x 1)."""
+    column_block = max(1, min(columns, MAX_CHUNK_COLUMNS, chunk_elements))
+    row_block = max(1, min(rows, chunk_elements // column_block))
+    return row_block, column_block
+
+
+class _ChunkedLogSumExp(torch.autograd.Function):
+    """logsumexp over j of (hidden @ weight.T + bias)[:, j], block by block; float32 result and accumulation
+    (float64 for float64 inputs)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_elements: int) -> Tensor:  # type: ignore[override]
+        n, s = hidden.shape[0], weight.shape[0]
+        row_block, column_block = _blocks(n, s, chunk_elements)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        out = torch.empty(n, dtype=acc, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for r0 in range(0, n, row_block):
+                h = hidden[r0 : r0 + row_block]
+                total = None
+                for c0 in range(0, s, column_block):
+                    b = None if bias is None else bias[c0 : c0 + column_block]
+                    part = torch.logsumexp(F.linear(h, weight[c0 : c0 + column_block], b).to(acc), dim=-1)
+                    total = part if total is None else torch.logaddexp(total, part)
+                out[r0 : r0 + row_block] = total
+        ctx.save_for_backward(hidden, weight, bias, out)
+        ctx.chunk_elements = chunk_elements
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        hidden, weight, bias, lse = ctx.saved_tensors
+        n, s = hidden.shape[0], weight.shape[0]
+        row_block, column_block = _blocks(n, s, ctx.chunk_elements)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = lse.dtype
+        grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(s, dtype=acc, device=weight.device) if need_b and bias is not None else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for r0 in range(0, n, row_block):
+                h = hidden[r0 : r0 + row_block]
+                g = grad[r0 : r0 + row_block].to(acc).unsqueeze(1)
+                m = lse[r0 : r0 + row_block].unsqueeze(1)
+                for c0 in range(0, s, column_block):
+                    w = weight[c0 : c0 + column_block]
+                    b = None if bias is None else bias[c0 : c0 + column_block]
+                    p = (F.linear(h, w, b).to(acc) - m).exp_().mul_(g)  # d lse / d logit = softmax, times grad
+                    if grad_h is not None:
+                        grad_h[r0 : r0 + row_block] += p.to(w.dtype).matmul(w).to(acc)
+                    if grad_w is not None:
+                        grad_w[c0 : c0 + column_block] += p.t().to(h.dtype).matmul(h).to(acc)
+                    if grad_b is not None:
+                        grad_b[c0 : c0 + column_block] += p.sum(0)
+        return (
+            None if grad_h is None else grad_h.to(hidden.dtype),
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+            None,
+        )
+
+
+def chunked_logsumexp(hidden: Tensor, weight: Tensor, bias: Tensor | None = None, *, chunk_elements: int | None = None) -> Tensor:
+    """hidden (N, d), weight (S, d), bias (S,) -> (N,) float32 log-sum-exp of each row of ``hidden @ weight.T + bias``
+    without storing the (N, S) logits: blocks of at most ``chunk_elements`` (default ``CHUNK_ELEMENTS``) logits, in
+    the autocast dtype where autocast is on (as ``F.linear`` would), summed in float32. Differentiable; the backward
+    pass recomputes each block."""
+    dtype = _compute_dtype(hidden)
+    weight_c = weight.to(dtype)
+    bias_c = None if bias is None else bias.to(dtype)
+    return _ChunkedLogSumExp.apply(hidden.to(dtype), weight_c, bias_c, chunk_elements or CHUNK_ELEMENTS)
+
+
+def target_logits(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> Tensor:
+    """(N,) float32 logits of ``targets`` (N,) under ``hidden @ weight.T + bias``, one dot product per row, with the
+    operands and the result rounded to the autocast dtype as the matrix product would round them."""
+    dtype = _compute_dtype(hidden)
+    rows = weight.index_select(0, targets).to(dtype).float()
+    out = (hidden.to(dtype).float() * rows).sum(-1)
+    if bias is not None:
+        out = out + bias.index_select(0, targets).to(dtype).float()
+    return out.to(dtype).float()  # rounded as the product's output would be
+
 
 class FullSoftmax(nn.Module):
     def __init__(self, dim: int, vocab_size: int, dropout: float = 0.0) -> None:
@@ -24,9 +126,9 @@ class FullSoftmax(nn.Module):
         self.proj = nn.Linear(dim, vocab_size)
 
     def target_log_probs(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """hidden (N, d), targets (N,) -> log p(target) (N,) in float32."""
-        logits = self.proj(hidden).float()
-        return -F.cross_entropy(logits, targets, reduction="none")
+        """hidden (N, d), targets (N,) -> log p(target) (N,) in float32, without an (N, V) matrix."""
+        weight, bias = self.proj.weight, self.proj.bias
+        return target_logits(hidden, weight, targets, bias) - chunked_logsumexp(hidden, weight, bias)
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """hidden (..., d) -> log-distribution (..., V) in float32."""
@@ -54,20 +156,22 @@ class AdaptiveSoftmax(nn.Module):
             )
 
     def target_log_probs(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """hidden (N, d), targets (N,) -> log p(target) (N,) in float32."""
-        head_lp = torch.log_softmax(self.head(hidden).float(), dim=-1)
+        """hidden (N, d), targets (N,) -> log p(target) (N,) in float32, without a tokens x cluster matrix."""
         in_head = targets < self.shortlist
         # head words: their own entry; tail words: start from the entry of their cluster
         cluster = torch.bucketize(targets, self.cutoffs, right=True)  # 0: head, i: tail cluster i
         head_index = torch.where(in_head, targets, self.shortlist + cluster - 1)
-        out = head_lp.gather(1, head_index.unsqueeze(1)).squeeze(1)
+        head_weight = self.head.weight
+        out = target_logits(hidden, head_weight, head_index) - chunked_logsumexp(hidden, head_weight)
         for i, tail in enumerate(self.tails):
             rows = torch.nonzero(cluster == i + 1, as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
-            tail_lp = torch.log_softmax(tail(hidden.index_select(0, rows)).float(), dim=-1)
-            local = (targets.index_select(0, rows) - self.bounds[i]).unsqueeze(1)
-            out = out.index_add(0, rows, tail_lp.gather(1, local).squeeze(1))
+            projected = tail[1](tail[0](hidden.index_select(0, rows)))  # (n_i, reduced): down-projection, dropout
+            weight = tail[2].weight
+            local = targets.index_select(0, rows) - self.bounds[i]
+            tail_lp = target_logits(projected, weight, local) - chunked_logsumexp(projected, weight)
+            out = out.index_add(0, rows, tail_lp)
         return out
 
     def log_probs(self, hidden: Tensor) -> Tensor:

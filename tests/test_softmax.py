@@ -1,0 +1,113 @@
+"""The output layers: target log-probabilities through the chunked log-sum-exp equal the plain log-softmax (values
+and gradients, fp32 and bf16, every cluster and the full softmax), distributions sum to one, and no tokens x cluster
+matrix is ever stored."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gcnn.softmax as sm
+from gcnn.softmax import AdaptiveSoftmax, FullSoftmax, chunked_logsumexp
+
+DIM, VOCAB, CUTOFFS = 32, 3000, (100, 600, 1800)
+
+
+def reference_target_log_probs(layer, hidden, targets):
+    """The textbook computation: the whole log-distribution, then one entry per row."""
+    return layer.log_probs(hidden).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def layers():
+    torch.manual_seed(0)
+    return {"adaptive": AdaptiveSoftmax(DIM, VOCAB, CUTOFFS, div=2.0), "full": FullSoftmax(DIM, VOCAB)}
+
+
+def targets_in_every_cluster(n: int) -> torch.Tensor:
+    bounds = [0, *CUTOFFS, VOCAB]
+    per = n // (len(bounds) - 1)
+    parts = [torch.randint(lo, hi, (per,)) for lo, hi in zip(bounds, bounds[1:])]
+    return torch.cat(parts)[torch.randperm(per * (len(bounds) - 1))]
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "full"])
+@pytest.mark.parametrize("chunk", [None, 700, 1 << 14])
+def test_chunked_target_log_probs_equal_the_log_softmax_with_gradients(kind, chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(sm, "CHUNK_ELEMENTS", chunk)
+    layer = layers()[kind]
+    hidden = torch.randn(120, DIM, requires_grad=True)
+    targets = targets_in_every_cluster(120)
+    got = layer.target_log_probs(hidden, targets)
+    want = reference_target_log_probs(layer, hidden, targets)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    params = [hidden, *layer.parameters()]
+    # a weighted sum, so that every row's gradient differs
+    weights = torch.rand(len(targets))
+    got_grads = torch.autograd.grad((got * weights).sum(), params)
+    want_grads = torch.autograd.grad((want * weights).sum(), params)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "full"])
+def test_chunked_target_log_probs_under_bf16_autocast_match_the_bf16_log_softmax(kind):
+    layer = layers()[kind]
+    hidden = torch.randn(300, DIM)
+    targets = targets_in_every_cluster(300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer.target_log_probs(hidden, targets)
+        want = reference_target_log_probs(layer, hidden, targets)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "full"])
+def test_distributions_sum_to_one_and_agree_with_the_targets(kind):
+    layer = layers()[kind]
+    hidden = torch.randn(50, DIM)
+    probs = layer.log_probs(hidden).double().exp().sum(-1)
+    torch.testing.assert_close(probs, torch.ones(50, dtype=torch.float64), atol=1e-5, rtol=0)
+    every = torch.arange(VOCAB)
+    per_target = layer.target_log_probs(hidden[:1].expand(VOCAB, DIM), every)
+    torch.testing.assert_close(per_target, layer.log_probs(hidden[:1])[0], atol=1e-5, rtol=0)
+
+
+def test_chunked_logsumexp_with_bias_and_its_gradients():
+    hidden = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(13, dtype=torch.float64, requires_grad=True)
+    got = chunked_logsumexp(hidden, weight, bias, chunk_elements=10)
+    want = torch.logsumexp(F.linear(hidden, weight, bias), dim=-1)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: sm._ChunkedLogSumExp.apply(h, w, b, 10), (hidden, weight, bias), eps=1e-6, atol=1e-4
+    )
+
+
+def test_no_tokens_by_cluster_matrix_is_ever_stored(monkeypatch):
+    """Every logits block the chunked path computes stays within CHUNK_ELEMENTS, in the forward and the backward pass,
+    and nothing in the graph saved for backward has the size of a tokens x cluster matrix."""
+    monkeypatch.setattr(sm, "CHUNK_ELEMENTS", 4096)
+    biggest = []
+    real_linear = F.linear
+
+    def spy(x, w, b=None):
+        out = real_linear(x, w, b)
+        biggest.append(out.numel())
+        return out
+
+    monkeypatch.setattr(sm, "F", types.SimpleNamespace(linear=spy))  # the products of the chunked path only
+    layer = AdaptiveSoftmax(DIM, VOCAB, CUTOFFS, div=2.0)
+    hidden = torch.randn(2000, DIM, requires_grad=True)
+    targets = targets_in_every_cluster(2000)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss = -layer.target_log_probs(hidden, targets).sum()
+    loss.backward()
+    assert biggest and max(biggest) <= 4096
+    smallest_matrix = 500 * (CUTOFFS[1] - CUTOFFS[0])  # the smallest tail's tokens x cluster
+    assert max(saved) < smallest_matrix, max(saved)

@@ -374,9 +374,18 @@ def test_table4_and_memory_benchmarks(smoke_reports):
     results = smoke_reports[1]
     table4 = results["table4"]
     assert set(table4["models"]) == {"lstm-2048", "gcnn-9", "gcnn-8b"}
-    assert all(
-        m["throughput_tokens_per_s"] > 0 and m["responsiveness_tokens_per_s"] > 0 for m in table4["models"].values()
-    )
+    assert {(r["precision"], r["threads"]) for r in table4["runs"]} == {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)}
+    for run in table4["runs"]:
+        assert set(run["models"]) == set(table4["models"])
+        for name, m in run["models"].items():
+            assert m["throughput_tokens_per_s"] > 0 and m["responsiveness_tokens_per_s"] > 0
+            share = m.get("fraction_of_read_bandwidth" if name == "lstm-2048" else "fraction_of_matmul_peak")
+            assert share is not None and share > 0
+            if name != "lstm-2048":
+                assert m["throughput_vs_lstm"] == pytest.approx(
+                    m["throughput_tokens_per_s"] / run["models"]["lstm-2048"]["throughput_tokens_per_s"], rel=1e-2, abs=1e-3)
+    assert all(m["flops_per_token"] > 0 for m in table4["models"].values())
+    assert table4["models"]["lstm-2048"]["recurrent_bytes_per_step_fp32"] > 0
     assert sum(table4["settings"]["target_share_per_cluster"]) == pytest.approx(1.0)
     memory = results["memory"]["models"]["lstm"]["fp32"]
     assert memory["peak_rss_mb"] >= memory["rss_after_build_mb"] >= memory["rss_after_import_mb"] > 0

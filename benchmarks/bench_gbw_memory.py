@@ -1,7 +1,7 @@
 """Peak memory at Google Billion Word's vocabulary (793,471 words): a bf16 training step of GCNN-14B, and scoring a
 short and a very long input with GCNN-8B.
 
-    python benchmarks/bench_gbw_memory.py                 # GCNN-14B step (8 x 256 tokens), scoring 2,000 / 50,000 tokens
+    python benchmarks/bench_gbw_memory.py                 # GCNN-14B step (8 x 256 tokens), scoring 20,000 / 100,000 tokens
 
 Each measurement runs in a fresh process and reports its peak resident memory (``ru_maxrss``), so one cannot
 inherit another's allocations. The target log-probabilities go through the chunked log-sum-exp of
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-arch", default="gcnn-14b")
     parser.add_argument("--train-batch", type=int, nargs=2, default=[8, 256], metavar=("SEQUENCES", "TOKENS"))
     parser.add_argument("--score-arch", default="gcnn-8b")
-    parser.add_argument("--score-lengths", type=int, nargs=2, default=[2_000, 50_000], metavar=("SHORT", "LONG"))
+    parser.add_argument("--score-lengths", type=int, nargs=2, default=[20_000, 100_000], metavar=("SHORT", "LONG"))
     common.add_common_arguments(parser, repeats=1)
     args = parser.parse_args(argv)
     result = common.start(args)

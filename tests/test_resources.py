@@ -90,3 +90,19 @@ def test_peak_memory_does_not_grow_with_the_input(what):
     peaks = json.loads(out.stdout)
     print(peaks)
     assert peaks["large"] - peaks["small"] < 100, peaks
+
+
+def test_gbw_memory_benchmark_runs(tmp_path, monkeypatch):
+    """benchmarks/bench_gbw_memory.py --smoke: each measurement in its own process reports a peak at least its
+    building memory, and the report is written."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_gbw_memory
+
+    result = bench_gbw_memory.main(["--smoke", "--threads", "1", "--out-dir", str(tmp_path)])
+    assert set(result["runs"]) == {"train", "score_short", "score_long"}
+    for run in result["runs"].values():
+        assert run["peak_mb"] >= run["after_build_mb"] > 0
+    assert len(result["runs"]["train"]["losses"]) == 2
+    assert list(tmp_path.glob("*-gbw-memory.md"))

@@ -414,3 +414,51 @@ def test_prepare_never_crashes_on_arbitrary_bytes(tmp_path, data, format):
         assert not (folder / "out").exists() and not [p for p in folder.iterdir() if p.name.startswith(".")]
         return
     assert prepared.num_tokens("train") > 0 and int(np.asarray(prepared.split("train")).max()) < prepared.vocab_size
+
+
+# ------------------------------------------------------------------------------------------------ pipes, signals
+def read_first_line_then_close(args: list[str], timeout: float = 120) -> tuple[int, str, float]:
+    """Run the CLI with stdout on a pipe, read one line, close the pipe; (exit status, stderr, seconds to the line)."""
+    began = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "gcnn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    waited = time.monotonic() - began
+    assert first, proc.stderr.read().decode()
+    proc.stdout.close()
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+    return code, proc.stderr.read().decode(), waited
+
+
+@pytest.mark.parametrize("command", ["score", "generate", "archs"])
+def test_a_closed_pipe_ends_the_command_quietly(env, tmp_path, command):
+    """`gcnn score ... | head -1` and the like: exit 141 (as a Unix tool killed by SIGPIPE), nothing on stderr; the
+    output streams, so the first line arrives long before the whole job would end."""
+    many = text_file(tmp_path, "many.txt", ("w1 w2 w3\n" * 200_000).encode())
+    args = {
+        "score": ["score", str(env / "run"), "--input", str(many)],
+        "generate": ["generate", str(env / "run"), "--max-tokens", "50", "--num-samples", "100000", "--batch-size", "1",
+                     "--no-stop-at-eos", "--seed", "1"],
+        "archs": ["archs"],
+    }[command]
+    code, err, _ = read_first_line_then_close(args)
+    # archs prints less than a pipe holds, so it may finish before the pipe is closed
+    assert code == 141 or (command == "archs" and code == 0), err
+    assert err.strip() == ""
+
+
+def test_sighup_stops_training_like_sigterm(env, tmp_path):
+    """A closed terminal (SIGHUP) ends training after the current update with a checkpoint, run.json "stopped",
+    exit 129; the run then resumes."""
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", str(env / "prepared"), "--out", str(run), "--max-updates", "100000",
+                   "--set", "log_every=1", *TRAIN)
+    wait_for(run / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 129, proc.stderr.read()
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "stopped" and "SIGHUP" in json.dumps(state)
+    assert done_updates(run) >= 1
+    assert main(["train", "--out", str(run), "--resume", "--max-updates", str(done_updates(run) + 1)]) == 0

@@ -34,9 +34,12 @@ def targets_in_every_cluster(n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["adaptive", "full"])
-@pytest.mark.parametrize("chunk", [None, 700, 1 << 14])
+@pytest.mark.parametrize("chunk", [None, 700, 1 << 14, "kept"])
 def test_chunked_target_log_probs_equal_the_log_softmax_with_gradients(kind, chunk, monkeypatch):
-    if chunk is not None:
+    """Every block size, and ("kept") the training path that keeps small clusters' logits for the backward pass."""
+    if chunk != "kept":
+        monkeypatch.setattr(sm, "MATERIALIZE_ELEMENTS", 0)  # the recomputing chunked path, also with gradients
+    if isinstance(chunk, int):
         monkeypatch.setattr(sm, "CHUNK_ELEMENTS", chunk)
     layer = layers()[kind]
     hidden = torch.randn(120, DIM, requires_grad=True)
@@ -92,6 +95,7 @@ def test_no_tokens_by_cluster_matrix_is_ever_stored(monkeypatch):
     """Every logits block the chunked path computes stays within CHUNK_ELEMENTS, in the forward and the backward pass,
     and nothing in the graph saved for backward has the size of a tokens x cluster matrix."""
     monkeypatch.setattr(sm, "CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(sm, "MATERIALIZE_ELEMENTS", 100_000)  # below every cluster's tokens x cluster here
     biggest = []
     real_linear = F.linear
 

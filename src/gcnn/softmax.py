@@ -8,7 +8,9 @@
 Target log-probabilities (the loss, evaluation, scoring) never store a tokens x cluster matrix: each target's
 log-probability is its logit minus the log-sum-exp of its cluster's logits, and :func:`chunked_logsumexp` takes that
 sum over blocks of at most ``CHUNK_ELEMENTS`` logits at a time (its backward pass recomputes each block), so memory
-is bounded by the block size whatever the vocabulary and the number of tokens. The full next-token distribution
+is bounded by the block size whatever the vocabulary and the number of tokens. (In training, a cluster whose
+tokens x cluster logits fit in ``MATERIALIZE_ELEMENTS`` keeps them for the backward pass instead, which saves the
+recomputation; that is the usual small-vocabulary case.) The full next-token distribution
 (``log_probs``, for generation) is the usual log-softmax.
 
 Log-softmaxes and log-sum-exps are computed in float32 whatever the input dtype, so bf16 autocast keeps normalised
@@ -24,6 +26,9 @@ from torch import Tensor, nn
 from gcnn.config import check_cutoffs
 
 CHUNK_ELEMENTS = 1 << 20  # logits per block of chunked_logsumexp (4 MB in float32)
+# With gradients on, a cluster's logits up to this many elements are kept for the backward pass as usual (one
+# matrix product less than recomputing them); larger ones go through the recomputing chunked path.
+MATERIALIZE_ELEMENTS = 1 << 24  # 64 MB of float32 logits
 MAX_CHUNK_COLUMNS = 8192  # vocabulary entries per block (rows of the weight)
 
 
@@ -108,6 +113,16 @@ def chunked_logsumexp(hidden: Tensor, weight: Tensor, bias: Tensor | None = None
     return _ChunkedLogSumExp.apply(hidden.to(dtype), weight_c, bias_c, chunk_elements or CHUNK_ELEMENTS)
 
 
+def cluster_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> Tensor:
+    """log p(target | cluster) (N,) float32 for a softmax over ``hidden @ weight.T + bias``: the target's logit minus
+    the chunked log-sum-exp. In training, a cluster small enough (``MATERIALIZE_ELEMENTS``) takes the plain
+    log-softmax, whose logits autograd keeps, instead of recomputing them in the backward pass."""
+    if torch.is_grad_enabled() and hidden.shape[0] * weight.shape[0] <= MATERIALIZE_ELEMENTS:
+        logits = F.linear(hidden, weight, bias).float()
+        return torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    return target_logits(hidden, weight, targets, bias) - chunked_logsumexp(hidden, weight, bias)
+
+
 def target_logits(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> Tensor:
     """(N,) float32 logits of ``targets`` (N,) under ``hidden @ weight.T + bias``, one dot product per row, with the
     operands and the result rounded to the autocast dtype as the matrix product would round them."""
@@ -127,8 +142,7 @@ class FullSoftmax(nn.Module):
 
     def target_log_probs(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """hidden (N, d), targets (N,) -> log p(target) (N,) in float32, without an (N, V) matrix."""
-        weight, bias = self.proj.weight, self.proj.bias
-        return target_logits(hidden, weight, targets, bias) - chunked_logsumexp(hidden, weight, bias)
+        return cluster_log_probs(hidden, self.proj.weight, targets, self.proj.bias)
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """hidden (..., d) -> log-distribution (..., V) in float32."""
@@ -161,17 +175,14 @@ class AdaptiveSoftmax(nn.Module):
         # head words: their own entry; tail words: start from the entry of their cluster
         cluster = torch.bucketize(targets, self.cutoffs, right=True)  # 0: head, i: tail cluster i
         head_index = torch.where(in_head, targets, self.shortlist + cluster - 1)
-        head_weight = self.head.weight
-        out = target_logits(hidden, head_weight, head_index) - chunked_logsumexp(hidden, head_weight)
+        out = cluster_log_probs(hidden, self.head.weight, head_index)
         for i, tail in enumerate(self.tails):
             rows = torch.nonzero(cluster == i + 1, as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
             projected = tail[1](tail[0](hidden.index_select(0, rows)))  # (n_i, reduced): down-projection, dropout
-            weight = tail[2].weight
             local = targets.index_select(0, rows) - self.bounds[i]
-            tail_lp = target_logits(projected, weight, local) - chunked_logsumexp(projected, weight)
-            out = out.index_add(0, rows, tail_lp)
+            out = out.index_add(0, rows, cluster_log_probs(projected, tail[2].weight, local))
         return out
 
     def log_probs(self, hidden: Tensor) -> Tensor:

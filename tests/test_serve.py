@@ -48,8 +48,9 @@ def client(model):
 @pytest.mark.parametrize("arch", ["gcnn-tiny", "lstm-tiny", "transformer-tiny"])
 def test_rows_joining_and_leaving_decode_as_alone(arch):
     """Rows added at different steps, with different prompt lengths, options and seeds, get exactly the tokens
-    they get when generated alone; a row finished by the caller leaves; the GCNN and LSTM share one forward call per
-    step whatever the rows' positions, the Transformer one per position."""
+    they get when generated alone (greedy ones: generate's; sampled ones: alone in a batch with the same seed); a row
+    finished by the caller leaves; the GCNN and LSTM share one forward call per step whatever the rows' positions,
+    the Transformer one per position."""
     torch.manual_seed(0)
     m = gcnn.build_model(arch, vocab_size=50).eval()
     specs = [
@@ -59,7 +60,17 @@ def test_rows_joining_and_leaving_decode_as_alone(arch):
         ([1, 5, 7], dict(greedy=True)),
         ([1, 30, 2, 8], dict(temperature=1.3, seed=5)),
     ]
-    expected = [generate(m, [p], max_tokens=7, **o)[0] for p, o in specs]
+
+    def alone(prompt, options):
+        if options.get("greedy"):
+            return generate(m, [prompt], max_tokens=7, **options)[0]
+        batch = RunningBatch(m)
+        row = batch.add(prompt, max_tokens=7, **options)
+        while len(batch):
+            batch.step()
+        return row.tokens
+
+    expected = [alone(p, o) for p, o in specs]
     batch = RunningBatch(m)
     rows = [batch.add(p, max_tokens=7, **o) for p, o in specs[:2]]
     batch.step()
@@ -82,6 +93,20 @@ def test_rows_joining_and_leaving_decode_as_alone(arch):
         assert calls == 4  # one call for running rows at each of two positions... and the two new prompt lengths
     else:
         assert calls == 3  # one step call for every running row, one per new prompt length
+
+
+def test_sample_row_draws_from_the_filtered_distribution():
+    from gcnn.decoding import sample_row
+
+    log_probs = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([sample_row(log_probs, g) for _ in range(4000)])
+    shares = torch.bincount(draws, minlength=4).double() / 4000
+    assert torch.allclose(shares, torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.double), atol=0.03)
+    assert set(sample_row(log_probs, g, top_k=2) for _ in range(200)) == {0, 1}
+    assert set(sample_row(log_probs, g, top_p=0.6) for _ in range(200)) == {0, 1}
+    sharp = torch.tensor([sample_row(log_probs, g, temperature=0.2) for _ in range(500)])
+    assert (sharp == 0).double().mean() > 0.9
 
 
 def test_batch_logprobs_and_eos_stop():

@@ -324,7 +324,8 @@ class RunningBatch:
     their caches can be stacked (``cache.can_stack``): always for the GCNN (each row's convolution state is its own
     last k-1 inputs) and the LSTM, only at the same position for the Transformer's key-value cache. Each row keeps
     its own sampling options and random generator, so a row's tokens do not depend on which others share its steps
-    (up to floating-point summation order in batched matrix products).
+    (up to floating-point summation order in batched matrix products). Greedy rows get :func:`generate`'s tokens;
+    sampled rows draw with :func:`sample_row` (the same distribution as :func:`choose_next`, another random stream).
 
     Not thread-safe: one thread owns a batch.
     """
@@ -436,16 +437,14 @@ class RunningBatch:
                 row.finish_reason = "length"
                 updated.append(row)
                 continue
-            scores = log_probs[i : i + 1]
+            scores = log_probs[i]
             if row.banned_ids:
                 scores = scores.clone()
-                scores[:, list(row.banned_ids)] = float("-inf")
-            token = int(
-                choose_next(
-                    scores, greedy=row.greedy, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p,
-                    generator=row.generator,
-                )[0]
-            )
+                scores[list(row.banned_ids)] = float("-inf")
+            if row.greedy:
+                token = int(scores.argmax())
+            else:
+                token = sample_row(scores, row.generator, row.temperature, row.top_k, row.top_p)
             row.tokens.append(token)
             row.logprobs.append(float(log_probs[i, token]))
             row.top.append(alternatives[i][: row.top_logprobs])
@@ -471,6 +470,24 @@ class RunningBatch:
         group.rows = [group.rows[i] for i in keep]
         if keep:
             group.cache = group.cache.select(torch.tensor(keep, dtype=torch.long, device=self.device))
+
+
+def sample_row(
+    log_probs: Tensor, generator: torch.Generator | None, temperature: float = 1.0, top_k: int | None = None,
+    top_p: float | None = None,
+) -> int:
+    """One id drawn from a (vocab,) row of log-probabilities after temperature, top-k and top-p (as
+    :func:`choose_next`), by inverting the cumulative distribution at one uniform draw of ``generator``: the same
+    distribution as ``torch.multinomial``, at a small part of its cost on a large vocabulary (what a running batch
+    pays once per row and step)."""
+    logits = apply_temperature(log_probs.float().unsqueeze(0), temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    cdf = torch.softmax(logits[0], dim=-1).cumsum(dim=-1)
+    u = torch.rand((), generator=generator, device=cdf.device) * cdf[-1]
+    return min(int(torch.searchsorted(cdf, u.unsqueeze(0), right=True)[0]), cdf.numel() - 1)
 
 
 def _top(log_probs: Tensor, k: int) -> list[list[tuple[int, float]]]:

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="FILE",
                    help="file holding the API key clients must send as a Bearer token (required off loopback)")
     p.add_argument("--model-name", help="the model's id in the API (default: the folder's name)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="inference weights, as for gcnn generate (gcnn.runtime.optimize; default fp32)")
     p.add_argument("--max-batch", dest="max_rows", type=int, default=32, metavar="N",
                    help="sequences generated together (default 32)")
     p.add_argument("--queue-size", type=int, default=64, metavar="N",
@@ -91,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(f"gcnn serve needs the serve extra ({exc.name} is missing): pip install 'gcnn[serve]'") \
             from None
+    from gcnn import runtime
+
     model = load_model(args, needs_vocab="gcnn serve")
+    runtime.optimize(model, args.dtype)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_tokens_limit, timeout=args.timeout)
     name = args.model_name or Path(args.run).resolve().name

@@ -233,13 +233,12 @@ class Engine:
             self.batch.finish(row, "stop")
         choice.text = text
         if job.stream:
+            # hold back what could be the start of a stop string; the rest is settled and goes out now
             hold = 0 if row.done else max((len(s) for s in job.stop), default=1) - 1
             ready = max(choice.sent, len(text) - hold)
-            if ready > choice.sent and text[: choice.sent] == _sent_prefix(choice):
+            if ready > choice.sent:
                 job.send("delta", choice.index, text[choice.sent : ready], _row_logprobs(self.vocab, row, choice))
                 choice.sent = ready
-            elif row.done and ready == choice.sent:
-                pass
 
     def _end(self, job: Job, why: str) -> None:
         job.finished = True
@@ -310,10 +309,6 @@ class Engine:
                 job.send("error", error)
             self.batch.finish(row, "cancelled")
         self.batch = RunningBatch(self.model)
-
-
-def _sent_prefix(choice: _Choice) -> str:
-    return choice.text[: choice.sent]
 
 
 def token_text(vocab, token: int) -> str:

@@ -173,10 +173,12 @@ def plot(summary: dict, concurrency: list[int]):
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode, style in zip(MODES, ("o-", "s--")):
-        a.plot(concurrency, [summary[mode][c]["tokens_per_s"] for c in concurrency], style, label=mode)
-        b.plot(concurrency, [summary[mode][c]["p50_s"] for c in concurrency], style, label=f"{mode} p50")
-        b.plot(concurrency, [summary[mode][c]["p99_s"] for c in concurrency], style, alpha=0.5, label=f"{mode} p99")
+    for mode, style, colour in zip(MODES, ("o-", "s--"), ("tab:blue", "tab:orange")):
+        a.plot(concurrency, [summary[mode][c]["tokens_per_s"] for c in concurrency], style, color=colour, label=mode)
+        b.plot(concurrency, [summary[mode][c]["p50_s"] for c in concurrency], style, color=colour,
+               label=f"{mode} p50")
+        b.plot(concurrency, [summary[mode][c]["p99_s"] for c in concurrency], style, color=colour, alpha=0.4,
+               label=f"{mode} p99")
     for ax in (a, b):
         ax.set_xscale("log", base=2)
         ax.set_xticks(concurrency, [str(c) for c in concurrency])
@@ -191,7 +193,20 @@ def plot(summary: dict, concurrency: list[int]):
     return fig
 
 
+def replot(json_path: Path) -> None:
+    """Draw the PNG of a result again from its JSON (``--replot FILE``)."""
+    import json
+
+    result = json.loads(json_path.read_text())
+    summary = {m: {int(c): v for c, v in s.items()} for m, s in result["summary"].items()}
+    concurrency = sorted(next(iter(summary.values())))
+    plot(summary, concurrency).savefig(json_path.with_suffix(".png"), dpi=110, bbox_inches="tight")
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--replot":
+        replot(Path(sys.argv[2]))
+        return 0
     args = parse_args(argv)
     result = common.start(args)
     with tempfile.TemporaryDirectory() as tmp:

@@ -160,7 +160,7 @@ def test_greedy_completion_is_generate_text(client, model):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["model"] == "tiny"
-    expected = generate_text(model, model.vocab, prompts, max_tokens=6, greedy=True)
+    expected = generate_text(model, model.vocab, prompts, max_tokens=6, greedy=True, allow_unk=False)
     got = [c["text"] for c in sorted(body["choices"], key=lambda c: c["index"])]
     assert [g.strip(" ") for g in got] == expected
     assert all(g.startswith(" ") or g.startswith("\n") for g in got)  # a word-level continuation starts a word
@@ -255,6 +255,8 @@ def test_score_is_gcnn_score_per_token(client, model):
                 assert [lp for _, lp in got[key]] == pytest.approx([lp for _, lp in value], abs=1e-5)
             else:
                 assert got[key] == pytest.approx(value, rel=1e-5), key
+        oov = [w not in model.vocab.stoi for w in texts[i].split()]
+        assert [d["oov"] for d in got["token_details"]] == oov + [False]
         for detail in got["token_details"]:
             tops = [lp for _, lp in detail["top"]]
             assert tops == sorted(tops, reverse=True) and len(tops) == 5
@@ -278,6 +280,48 @@ def test_tokenizer_endpoints(client, model):
     assert client.post("/tokenize", json={"prompt": vocab.eos}).json()["tokens"] == [vocab.eos_id]
     text = client.post("/detokenize", json={"tokens": ids[:4]}).json()["prompt"]
     assert text == "the cat\nsat"
+
+
+def test_sentence_vocabulary_stops_at_the_end_of_sentence(tmp_path):
+    model = load(tiny_run(tmp_path / "run", sentences=True))
+    vocab = model.vocab
+    with TestClient(create_app(model)) as c:
+        r = c.post("/v1/completions", json={"prompt": ["the cat", "a"], "max_tokens": 40, "temperature": 0})
+        choices = sorted(r.json()["choices"], key=lambda ch: ch["index"])
+        expected = generate_text(model, vocab, ["the cat", "a"], max_tokens=40, greedy=True, allow_unk=False)
+        assert [ch["text"].strip(" ") for ch in choices] == expected
+        for ch, text in zip(choices, expected):  # </s> ends a completion (and is not part of its text)
+            assert ch["finish_reason"] == ("length" if len(text.split()) == 40 else "stop")
+        assert c.post("/tokenize", json={"prompt": "a\nb"}).json()["tokens"] == \
+            vocab.encode(["a"]) + [vocab.eos_id, vocab.bos_id] + vocab.encode(["b"])
+
+
+def test_a_bpe_model(tmp_path):
+    pytest.importorskip("tokenizers", reason="BPE vocabularies need the bpe extra: pip install -e '.[bpe]'")
+    from gcnn.data import find_corpus, prepare
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    text = "the quick brown fox jumps over the lazy dog\nthe dog barks at the fox\n" * 20
+    for split, body in (("train", text), ("valid", "the lazy fox\n"), ("test", "a quick dog\n")):
+        (folder / f"wiki.{split}.tokens").write_text(body)
+    vocab = prepare(find_corpus(folder), tmp_path / "data", bpe=60).vocab
+    from test_evaluate import make_run
+
+    model = load(make_run(tmp_path / "run", vocab, adaptive_cutoffs=()))
+    with TestClient(create_app(model)) as c:
+        details = c.post("/v1/score", json={"text": "the lazy fox", "top": 3}).json()["results"][0]["token_details"]
+        assert "".join(d["text"] for d in details[:-1]).strip() == "the lazy fox"
+        assert all(d["token"] in vocab.stoi for d in details)
+        ids = c.post("/tokenize", json={"prompt": "the lazy fox"}).json()["tokens"]
+        assert c.post("/detokenize", json={"tokens": ids}).json()["prompt"] == "the lazy fox"
+        ask = {"prompt": "the quick", "max_tokens": 8, "temperature": 0}
+        whole = c.post("/v1/completions", json=ask).json()["choices"][0]["text"]
+        expected = generate_text(model, vocab, "the quick", max_tokens=8, greedy=True, allow_unk=False)[0]
+        assert whole.strip() == expected.strip()
+        with c.stream("POST", "/v1/completions", json={**ask, "stream": True}) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        assert "".join(ch["text"] for e in events for ch in e["choices"]) == whole
 
 
 # ---------------------------------------------------------------------------------------------------- bad requests
@@ -438,7 +482,7 @@ def test_concurrent_requests_share_steps(model):
 
     with live_server(app) as base:
         texts, health = asyncio.run(scenario(base))
-    expected = generate_text(model, model.vocab, prompts, max_tokens=20, greedy=True)
+    expected = generate_text(model, model.vocab, prompts, max_tokens=20, greedy=True, allow_unk=False)
     assert [t.strip(" ") for t in texts] == expected
     assert health["steps"] < 8 * 20  # steps were shared
 

@@ -17,7 +17,8 @@ def score_details(
     """For each text (scored as one sentence, as :func:`gcnn.evaluate.score_texts` scores it: its tokens and a final
     eos predicted from the start marker): ``logprob``, ``log10prob``, ``tokens``, ``oov``, ``perplexity``,
     ``token_logprobs`` ([token, natural-log prob] pairs) and, with ``top``, ``token_details``: for every token its
-    ``text`` (as it reads), ``logprob``, ``rank`` (1 = the model's first choice) and ``top`` ([token, logprob], most
+    ``text`` (as it reads), ``logprob``, ``rank`` (1 = the model's first choice), ``oov`` (not in the
+    vocabulary: scored as ``<unk>``) and ``top`` ([token, logprob], most
     probable first). Call inside :func:`gcnn.lm.inference`."""
     device = next(model.parameters()).device
     start = vocab.eos_id if vocab.bos_id is None else vocab.bos_id
@@ -65,6 +66,7 @@ def _one(model, vocab, hidden, target_ids: list[int], words: list[str], top: int
                         "text": _reads_as(vocab, word, target_ids[k]),
                         "logprob": logprobs[k],
                         "rank": rank,
+                        "oov": k < len(words) and word not in vocab.stoi,  # scored as <unk>
                         "top": [[vocab.itos[x], v] for x, v in zip(ix, vs)],
                     }
                 )

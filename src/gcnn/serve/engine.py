@@ -190,6 +190,8 @@ class Engine:
                     tag = _Choice(job, p * job.n + i, p)
                     job.rows.append(self.batch.add(prompt, tag=tag, **options))
         except Exception as exc:  # options were validated by the app; anything left is ours
+            job.finished = True
+            self.stats["failed"] += 1
             for row in job.rows:
                 self.batch.finish(row, "cancelled")
             log.exception("could not start a completion")

@@ -162,7 +162,7 @@ def test_greedy_completion_is_generate_text(client, model):
     assert body["object"] == "text_completion" and body["model"] == "tiny"
     expected = generate_text(model, model.vocab, prompts, max_tokens=6, greedy=True, allow_unk=False)
     got = [c["text"] for c in sorted(body["choices"], key=lambda c: c["index"])]
-    assert [g.strip(" ") for g in got] == expected
+    assert [g.strip(" ").removesuffix("\n") for g in got] == expected
     assert all(g.startswith(" ") or g.startswith("\n") for g in got)  # a word-level continuation starts a word
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}
     assert all(c["finish_reason"] == "length" for c in body["choices"])
@@ -280,6 +280,25 @@ def test_tokenizer_endpoints(client, model):
     assert client.post("/tokenize", json={"prompt": vocab.eos}).json()["tokens"] == [vocab.eos_id]
     text = client.post("/detokenize", json={"tokens": ids[:4]}).json()["prompt"]
     assert text == "the cat\nsat"
+
+
+@pytest.mark.parametrize("arch", ["lstm-tiny", "transformer-tiny"])
+def test_the_baselines_serve_too(tmp_path, arch):
+    model = load(tiny_run(tmp_path / "run", arch=arch))
+    prompts = ["the cat sat", "a", "big red house on"]
+    with TestClient(create_app(model)) as c:
+        r = c.post("/v1/completions", json={"prompt": prompts, "max_tokens": 5, "temperature": 0})
+        got = [ch["text"] for ch in sorted(r.json()["choices"], key=lambda ch: ch["index"])]
+        expected = generate_text(model, model.vocab, prompts, max_tokens=5, greedy=True, allow_unk=False)
+        # the API keeps a final line break (an <eos> generated last), which generate_text drops
+        assert [g.strip(" ").removesuffix("\n") for g in got] == expected
+        scored = c.post("/v1/score", json={"text": prompts}).json()["results"]
+        expected = list(score_texts(model, model.vocab, prompts))
+        assert [s["logprob"] for s in scored] == pytest.approx([e.logprob for e in expected], rel=1e-5)
+        if arch.startswith("transformer"):
+            limit = model.config.max_len
+            r = c.post("/v1/completions", json={"prompt": "the", "max_tokens": limit})
+            assert r.status_code == 400 and f"{limit} positions" in r.json()["error"]["message"]
 
 
 def test_sentence_vocabulary_stops_at_the_end_of_sentence(tmp_path):
@@ -483,7 +502,7 @@ def test_concurrent_requests_share_steps(model):
     with live_server(app) as base:
         texts, health = asyncio.run(scenario(base))
     expected = generate_text(model, model.vocab, prompts, max_tokens=20, greedy=True, allow_unk=False)
-    assert [t.strip(" ") for t in texts] == expected
+    assert [t.strip(" ").removesuffix("\n") for t in texts] == expected
     assert health["steps"] < 8 * 20  # steps were shared
 
 

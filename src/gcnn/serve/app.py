@@ -17,7 +17,7 @@ import queue
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -47,7 +47,7 @@ class Limits:
     max_prompt_tokens: int = 2048  # --max-prompt-tokens (per prompt or scored text, start marker excluded)
     max_tokens: int = 1024  # --max-tokens: the most a request's max_tokens may be
     max_n: int = 16  # completions per prompt
-    max_prompts: int = 64  # prompts (or texts) per request
+    max_prompts: int = 256  # prompts (or texts, or the page's lines) per request
     max_logprobs: int = 20  # alternatives per token
     timeout: float = 120.0  # --timeout: seconds from arrival to the last byte of the answer
 
@@ -102,12 +102,12 @@ def create_app(
     batching: bool = True,
 ) -> FastAPI:
     """The application for ``model`` (which needs its vocabulary, ``model.vocab``). ``api_key``: when set, every
-    request but the page's and ``/health``'s must carry ``Authorization: Bearer <key>`` (compared in constant time); the page and
-    ``/health`` stay open. ``max_rows``, ``queue_size``, ``batching``: the engine's (see :class:`Engine`)."""
+    request but the page's and ``/health``'s must carry ``Authorization: Bearer <key>`` (compared in constant time).
+    ``max_rows``, ``queue_size``, ``batching``: the engine's (see :class:`Engine`)."""
     if model.vocab is None:
         raise ValueError("the model has no vocabulary: load it with gcnn.load (or pass vocab=)")
-    limits = limits or Limits()
-    limit = getattr(model.config, "max_len", None)
+    limits = replace(limits or Limits())
+    limit = getattr(model.config, "max_len", None)  # a Transformer's positions
     if limit is not None:
         limits.max_prompt_tokens = min(limits.max_prompt_tokens, limit - 1)
     engine = Engine(model, max_rows=max_rows, queue_size=queue_size, batching=batching)

@@ -520,6 +520,12 @@ def test_serve_refuses_a_public_address_without_a_key(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
     assert main(["serve", str(run), "--queue-size", "0"]) == 2
     assert "--queue-size must be at least 1" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+        assert f"--port {port}: cannot listen there" in capsys.readouterr().err
 
 
 def free_port() -> int:

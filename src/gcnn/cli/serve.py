@@ -56,6 +56,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_address(host: str, port: int) -> None:
+    """ConfigError naming --host/--port when the address cannot be bound (in use, not this machine's, no such name),
+    before the model is loaded."""
+    import socket
+
+    from gcnn.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+
+
 def read_api_key(path: str) -> str:
     from gcnn.errors import ConfigError
 
@@ -95,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             from None
     from gcnn import runtime
 
+    check_address(args.host, args.port)
     model = load_model(args, needs_vocab="gcnn serve")
     runtime.optimize(model, args.dtype)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,

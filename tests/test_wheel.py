@@ -19,6 +19,9 @@ def test_the_wheel_installs_and_runs_the_demo_outside_the_repository(tmp_path):
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
          str(REPO)])
     wheel = next((tmp_path / "dist").glob("gcnn-*.whl"))
+    import zipfile
+
+    assert "gcnn/serve/static/index.html" in zipfile.ZipFile(wheel).namelist()  # gcnn serve's page is package data
     # a fresh venv that sees this environment's packages (torch, numpy, ...) but gets gcnn only from the wheel
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])

@@ -53,6 +53,30 @@ class LSTMState:
             self.state = (self.state[0].index_select(1, index), self.state[1].index_select(1, index))
         self.batch_size = int(index.numel())
 
+    def select(self, index: Tensor) -> "LSTMState":
+        """A new state holding the rows in ``index`` of this one (this one is left as it is)."""
+        out = LSTMState(int(index.numel()))
+        if self.state is not None:
+            out.state = (self.state[0].index_select(1, index), self.state[1].index_select(1, index))
+        out.length = self.length
+        return out
+
+    @staticmethod
+    def can_stack(a: "LSTMState", b: "LSTMState") -> bool:
+        """Rows of any lengths can share a state: (h, c) is per row."""
+        return (a.state is None) == (b.state is None)
+
+    @classmethod
+    def stack(cls, states: "list[LSTMState]") -> "LSTMState":
+        """One state holding the rows of ``states`` in order; ``length`` becomes the longest row's."""
+        if not states or any(not cls.can_stack(states[0], s) for s in states):
+            raise ValueError("states to stack must all have run (or all not yet)")
+        out = cls(sum(s.batch_size for s in states))
+        if states[0].state is not None:
+            out.state = (torch.cat([s.state[0] for s in states], dim=1), torch.cat([s.state[1] for s in states], dim=1))
+        out.length = max(s.length for s in states)
+        return out
+
 
 SMALL_CALL_TOKENS = 16  # batch x time at or below which the LSTM uses torch's native CPU kernel, see LSTMLM._run_lstm
 
@@ -144,6 +168,33 @@ class KVCache:
         self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
         self.values = [None if v is None else v.index_select(0, index) for v in self.values]
         self.batch_size = int(index.numel())
+
+    def select(self, index: Tensor) -> "KVCache":
+        """A new cache holding the rows in ``index`` of this one (this one is left as it is)."""
+        out = KVCache(int(index.numel()), len(self.keys), self.max_len)
+        out.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        out.values = [None if v is None else v.index_select(0, index) for v in self.values]
+        out.length = self.length
+        return out
+
+    @staticmethod
+    def can_stack(a: "KVCache", b: "KVCache") -> bool:
+        """Rows share a cache only at the same position: the cache has one ``length`` (and one position) for all."""
+        return a.length == b.length and a.max_len == b.max_len and len(a.keys) == len(b.keys)
+
+    @classmethod
+    def stack(cls, caches: "list[KVCache]") -> "KVCache":
+        """One cache holding the rows of ``caches`` in order; all must be at the same position (:meth:`can_stack`)."""
+        if not caches or any(not cls.can_stack(caches[0], c) for c in caches):
+            raise ValueError("key-value caches can be stacked only at the same position (length) and shape")
+        first = caches[0]
+        out = cls(sum(c.batch_size for c in caches), len(first.keys), first.max_len)
+        for layer in range(len(first.keys)):
+            if all(c.keys[layer] is not None for c in caches):
+                out.keys[layer] = torch.cat([c.keys[layer] for c in caches], dim=0)
+                out.values[layer] = torch.cat([c.values[layer] for c in caches], dim=0)
+        out.length = first.length
+        return out
 
 
 class CausalSelfAttention(nn.Module):

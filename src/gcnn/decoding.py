@@ -11,7 +11,8 @@ Filters act on (batch, vocab) logits or log-probabilities and return new tensors
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -267,3 +268,231 @@ def ids_to_text(vocab: "Vocabulary", ids: Sequence[int]) -> str:
         else:
             lines[-1].append(i)
     return "\n".join(vocab.detokenize(vocab.decode(line)) for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------------- running batch
+@dataclass(eq=False)
+class BatchRow:
+    """One sequence of a :class:`RunningBatch`: its prompt, options and what it has generated so far.
+
+    ``tokens``/``logprobs``: the generated ids and each one's natural-log probability under the model (before
+    temperature and filters); ``top``: for each, the ``top_logprobs`` most probable ids with their log-probabilities.
+    ``prompt_logprobs`` (when asked for): for each prompt token after the first, its log-probability given the ones
+    before and the top alternatives there. ``finish_reason`` is None while the row runs, then ``"length"`` (max_tokens
+    reached), ``"stop"`` (generated ``eos_id``, or stopped by the caller with that reason) or the caller's reason.
+    ``tag`` is the caller's, untouched.
+    """
+
+    prompt: list[int]
+    max_tokens: int
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    eos_id: int | None = None
+    banned_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    top_logprobs: int = 0
+    want_prompt_logprobs: bool = False
+    tag: Any = None
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
+    finish_reason: str | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+class _Group:
+    """Rows that share one cache (and so one forward call per step)."""
+
+    def __init__(self, rows: list[BatchRow], cache: Any) -> None:
+        self.rows = rows
+        self.cache = cache
+
+
+class RunningBatch:
+    """Sequences that decode together while rows join and leave between steps (continuous batching).
+
+    :meth:`add` queues a row; every :meth:`step` first reads the prompts of the rows added since the last step (rows
+    whose prompts have the same length in one call), then feeds every running row its last token, and gives every
+    row one new token; rows that are done leave the batch at the end of the step. Rows share a forward pass when
+    their caches can be stacked (``cache.can_stack``): always for the GCNN (each row's convolution state is its own
+    last k-1 inputs) and the LSTM, only at the same position for the Transformer's key-value cache. Each row keeps
+    its own sampling options and random generator, so a row's tokens do not depend on which others share its steps
+    (up to floating-point summation order in batched matrix products). Greedy rows get :func:`generate`'s tokens;
+    sampled rows draw with :func:`sample_row` (the same distribution as :func:`choose_next`, another random stream).
+
+    Not thread-safe: one thread owns a batch.
+    """
+
+    def __init__(self, model: LanguageModel) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.groups: list[_Group] = []
+        self.pending: list[BatchRow] = []
+        self.steps = 0
+        self.forward_calls = 0
+
+    @property
+    def rows(self) -> list[BatchRow]:
+        """The running rows, then the ones waiting for their first step."""
+        return [row for group in self.groups for row in group.rows] + list(self.pending)
+
+    def __len__(self) -> int:
+        return sum(len(g.rows) for g in self.groups) + len(self.pending)
+
+    def add(self, prompt: Sequence[int], *, max_tokens: int, **options: Any) -> BatchRow:
+        """Queue a row (``options``: the fields of :class:`BatchRow`); it is read and gets its first token at the
+        next :meth:`step`. ConfigError naming a bad option."""
+        row = BatchRow(list(map(int, prompt)), max_tokens, **options)
+        check_sampling(row.temperature, row.top_k, row.top_p, row.max_tokens)
+        if not row.prompt:
+            raise ConfigError("every prompt needs at least one token (the start marker)")
+        if not isinstance(row.top_logprobs, int) or row.top_logprobs < 0:
+            raise ConfigError(f"{option('top_logprobs')} must be a non-negative integer, got {row.top_logprobs!r}")
+        vocab_size = self.model.vocab_size
+        bad = next((t for t in row.prompt if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise ConfigError(f"prompt token id {bad} is outside the model's vocabulary of {vocab_size}")
+        row.generator = torch.Generator(device=self.device)
+        if row.seed is None:
+            row.generator.seed()
+        else:
+            row.generator.manual_seed(row.seed)
+        self.pending.append(row)
+        return row
+
+    def finish(self, row: BatchRow, reason: str = "stop") -> None:
+        """End a row now (a stop string, a client that left, a timeout): it leaves the batch at the next step."""
+        if row.finish_reason is None:
+            row.finish_reason = reason
+
+    def step(self) -> list[BatchRow]:
+        """One decoding step for every row; returns the rows that got a new token (or, for rows with max_tokens 0,
+        their prompt log-probabilities) in this step. Rows finished by :meth:`finish` leave without one."""
+        with inference(self.model):
+            updated: list[BatchRow] = []
+            for group in self.groups:
+                self._drop_finished(group)
+            self.groups = [g for g in self.groups if g.rows]
+            distributions: list[tuple[list[BatchRow], Tensor]] = []
+            for group in self.groups:
+                last = torch.tensor([[row.tokens[-1]] for row in group.rows], dtype=torch.long, device=self.device)
+                distributions.append((group.rows, self.model.next_token_log_probs(last, cache=group.cache)[:, 0]))
+                self.forward_calls += 1
+            new_groups = self._read_prompts(distributions)
+            for rows, log_probs in distributions:
+                updated.extend(self._choose(rows, log_probs))
+            for group in new_groups:
+                self._merge(group)
+            for group in self.groups:
+                self._drop_finished(group)
+            self.groups = [g for g in self.groups if g.rows]
+            self.steps += 1
+            return updated
+
+    # ---- internals
+    def _read_prompts(self, distributions: list[tuple[list[BatchRow], Tensor]]) -> list[_Group]:
+        pending = [row for row in self.pending if not row.done]
+        self.pending = []
+        by_length: dict[int, list[BatchRow]] = {}
+        for row in pending:
+            by_length.setdefault(len(row.prompt), []).append(row)
+        groups = []
+        for rows in by_length.values():
+            tokens = torch.tensor([row.prompt for row in rows], dtype=torch.long, device=self.device)
+            cache = self.model.new_cache(len(rows))
+            hidden = self.model.hidden_states(tokens, cache)
+            self.forward_calls += 1
+            for i, row in enumerate(rows):
+                if row.want_prompt_logprobs:
+                    row.prompt_logprobs = self._prompt_logprobs(hidden[i, :-1], tokens[i, 1:], row.top_logprobs)
+            log_probs = self.model.softmax.log_probs(hidden[:, -1]).float()
+            distributions.append((rows, log_probs))
+            groups.append(_Group(rows, cache))
+        return groups
+
+    def _prompt_logprobs(self, hidden: Tensor, targets: Tensor, top: int, chunk: int = 256):
+        out: list[tuple[float, list[tuple[int, float]]]] = []
+        for begin in range(0, hidden.shape[0], chunk):
+            lp = self.model.softmax.log_probs(hidden[begin : begin + chunk]).float()
+            target = targets[begin : begin + chunk]
+            chosen = lp.gather(1, target.unsqueeze(1))[:, 0].tolist()
+            alternatives = _top(lp, top)
+            out.extend(zip(chosen, alternatives))
+        return out
+
+    def _choose(self, rows: list[BatchRow], log_probs: Tensor) -> list[BatchRow]:
+        updated = []
+        alternatives = _top(log_probs, max((row.top_logprobs for row in rows), default=0))
+        for i, row in enumerate(rows):
+            if row.done:
+                continue
+            if row.max_tokens == 0:  # prompt log-probabilities only
+                row.finish_reason = "length"
+                updated.append(row)
+                continue
+            scores = log_probs[i]
+            if row.banned_ids:
+                scores = scores.clone()
+                scores[list(row.banned_ids)] = float("-inf")
+            if row.greedy:
+                token = int(scores.argmax())
+            else:
+                token = sample_row(scores, row.generator, row.temperature, row.top_k, row.top_p)
+            row.tokens.append(token)
+            row.logprobs.append(float(log_probs[i, token]))
+            row.top.append(alternatives[i][: row.top_logprobs])
+            if token == row.eos_id:
+                row.finish_reason = "stop"
+            elif len(row.tokens) >= row.max_tokens:
+                row.finish_reason = "length"
+            updated.append(row)
+        return updated
+
+    def _merge(self, group: _Group) -> None:
+        for existing in self.groups:
+            if existing.rows and type(existing.cache).can_stack(existing.cache, group.cache):
+                existing.cache = type(existing.cache).stack([existing.cache, group.cache])
+                existing.rows = existing.rows + group.rows
+                return
+        self.groups.append(group)
+
+    def _drop_finished(self, group: _Group) -> None:
+        keep = [i for i, row in enumerate(group.rows) if not row.done]
+        if len(keep) == len(group.rows):
+            return
+        group.rows = [group.rows[i] for i in keep]
+        if keep:
+            group.cache = group.cache.select(torch.tensor(keep, dtype=torch.long, device=self.device))
+
+
+def sample_row(
+    log_probs: Tensor, generator: torch.Generator | None, temperature: float = 1.0, top_k: int | None = None,
+    top_p: float | None = None,
+) -> int:
+    """One id drawn from a (vocab,) row of log-probabilities after temperature, top-k and top-p (as
+    :func:`choose_next`), by inverting the cumulative distribution at one uniform draw of ``generator``: the same
+    distribution as ``torch.multinomial``, at a small part of its cost on a large vocabulary (what a running batch
+    pays once per row and step)."""
+    logits = apply_temperature(log_probs.float().unsqueeze(0), temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    cdf = torch.softmax(logits[0], dim=-1).cumsum(dim=-1)
+    u = torch.rand((), generator=generator, device=cdf.device) * cdf[-1]
+    return min(int(torch.searchsorted(cdf, u.unsqueeze(0), right=True)[0]), cdf.numel() - 1)
+
+
+def _top(log_probs: Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """Each row's ``k`` most probable ids with their log-probabilities, most probable first."""
+    if k <= 0:
+        return [[] for _ in range(log_probs.shape[0])]
+    values, ids = torch.topk(log_probs, min(k, log_probs.shape[-1]), dim=-1)
+    return [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]

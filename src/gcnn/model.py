@@ -57,6 +57,30 @@ class ConvCache:
         self.buffers = [b.index_select(0, index) for b in self.buffers]
         self.batch_size = int(index.numel())
 
+    def select(self, index: Tensor) -> "ConvCache":
+        """A new cache holding the rows in ``index`` of this one (this one is left as it is)."""
+        out = ConvCache(int(index.numel()))
+        out.buffers = [b.index_select(0, index) for b in self.buffers]
+        out.length = self.length
+        return out
+
+    @staticmethod
+    def can_stack(a: "ConvCache", b: "ConvCache") -> bool:
+        """Rows of any lengths can share a cache: a convolution's left context is per row (zeros before a row's
+        start), so rows that have seen different numbers of tokens decode together exactly."""
+        return len(a.buffers) == len(b.buffers)
+
+    @classmethod
+    def stack(cls, caches: "list[ConvCache]") -> "ConvCache":
+        """One cache holding the rows of ``caches`` in order, each of which has run over at least one call (so that
+        all hold the same buffers); ``length`` becomes the longest row's."""
+        if not caches or any(not cls.can_stack(caches[0], c) for c in caches):
+            raise ValueError("caches to stack must all have run over the same model (the same number of buffers)")
+        out = cls(sum(c.batch_size for c in caches))
+        out.buffers = [torch.cat(parts, dim=0) for parts in zip(*(c.buffers for c in caches))]
+        out.length = max(c.length for c in caches)
+        return out
+
 
 class CausalConv(nn.Module):
     """Causal 1-D convolution over (B, T, C_in) -> (B, T, C_out), optionally weight-normalized.

@@ -27,6 +27,7 @@ COMMANDS = {
     "export": "export",
     "import-fairseq": "import_fairseq",
     "demo": "demo",
+    "serve": "serve",
 }
 
 

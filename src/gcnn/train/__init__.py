@@ -6,12 +6,13 @@
 """
 
 from gcnn.train.config import TrainConfig, build_config, load_recipe, resolve_model_config
-from gcnn.train.trainer import RunResult, TrainingError, load_run_config, train
+from gcnn.train.trainer import RunResult, TrainingError, ValidationEvent, load_run_config, train
 
 __all__ = [
     "RunResult",
     "TrainConfig",
     "TrainingError",
+    "ValidationEvent",
     "build_config",
     "load_recipe",
     "load_run_config",

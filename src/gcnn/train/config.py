@@ -66,6 +66,11 @@ class TrainConfig:
         max_updates (counted over the whole run, resumes included), max_epochs, max_minutes (this invocation).
     Validation and checkpoints:
         valid_every: validate every N updates (0: only at each epoch end; epoch ends always validate).
+        early_stop_patience: stop the run when this many scheduled validations in a row have not lowered the
+            validation loss by more than min_delta below the best seen so far (0: no early stopping). The run
+            folder's model is then the best one by validation (as always), run.json says why the run stopped.
+        min_delta: the least decrease of the validation loss (nats per token) that counts as an improvement for
+            early stopping (the best model is still kept whatever the decrease).
         valid_max_tokens: validate on at most this many tokens (0: the whole split). keep_last: checkpoints kept
         besides the best.
     Numerics: precision (``fp32``, ``bf16``, ``fp16``), device (``auto``, ``cpu``, ``cuda``), seed,
@@ -97,6 +102,8 @@ class TrainConfig:
     max_minutes: float = 0.0
     valid_every: int = 0
     valid_max_tokens: int = 0
+    early_stop_patience: int = 0
+    min_delta: float = 0.0
     keep_last: int = 2
     precision: str = "fp32"
     device: str = "auto"
@@ -117,14 +124,14 @@ class TrainConfig:
         for name in ("momentum", "plateau_factor"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("weight_decay", "adam_eps", "clip_norm", "min_lr", "max_minutes"):
+        for name in ("weight_decay", "adam_eps", "clip_norm", "min_lr", "max_minutes", "min_delta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("batch_size", "context", "accum_steps", "max_bad_updates", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)!r}")
         for name in ("threads", "warmup_updates", "plateau_patience", "max_updates", "max_epochs", "valid_every",
-                     "valid_max_tokens"):
+                     "valid_max_tokens", "early_stop_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if len(self.adam_betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas):

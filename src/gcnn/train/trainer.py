@@ -4,9 +4,12 @@ One update = ``accum_steps`` micro-batches whose gradients add up to the gradien
 counted target of the update, on all processes together (each micro-batch's summed loss is divided by the update's
 global token count), so accumulation and data parallelism compute what one large batch computes.
 
-A run stops at the first bound reached (``max_updates``, ``max_epochs``, ``max_minutes``) or at SIGINT/SIGTERM,
-after finishing the update in progress; it then validates (unless stopped by a signal), saves a checkpoint and
-returns a :class:`RunResult`.
+A run stops at the first bound reached (``max_updates``, ``max_epochs``, ``max_minutes``), when early stopping says
+so (``early_stop_patience`` scheduled validations without an improvement of more than ``min_delta``), when an
+``on_validation`` callback asks it to (a hyper-parameter search pruning the run), or at SIGINT/SIGTERM, after
+finishing the update in progress; it then validates (unless stopped by a signal or just validated), saves a
+checkpoint and returns a :class:`RunResult`. Whatever stopped it, the run folder's model is the best one by
+validation.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -43,7 +46,10 @@ from gcnn.version import __version__
 RUN_FORMAT = "gcnn-run"
 # keys that must not change when a run is resumed: they define the model, the data order or its position
 FROZEN_ON_RESUME = ("model", "batch_size", "context", "accum_steps", "seed")
-STOP_CODES = {0: None, 1: "max_updates", 2: "max_epochs", 3: "max_minutes", 4: "SIGHUP", 5: "SIGTERM", 6: "SIGINT"}
+# the reasons a run stops; where several hold at once (on any process), the highest code wins
+STOP_CODES = {0: None, 1: "max_updates", 2: "max_epochs", 3: "max_minutes", 4: "early_stop", 5: "on_validation",
+              6: "SIGHUP", 7: "SIGTERM", 8: "SIGINT"}
+SIGNAL_CODES = {"SIGHUP": 6, "SIGTERM": 7, "SIGINT": 8}
 
 
 class TrainingError(GcnnError):
@@ -65,6 +71,8 @@ class RunResult:
     seconds: float
     stop_reason: str
 
+    stop_detail: str | None = None
+
     def summary(self) -> str:
         """One line for the end of a run."""
         return (
@@ -73,20 +81,44 @@ class RunResult:
             + (f"valid ppl {self.valid_ppl:.2f} (best {self.best_valid_ppl:.2f})" if math.isfinite(self.best_valid_ppl)
                else "valid ppl not measured (stopped before the first validation)")
             + (f"; {self.skipped_updates} updates skipped (non-finite)" if self.skipped_updates else "")
+            + (f"; {self.stop_detail}" if self.stop_detail else "")
         )
 
 
-def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False, silent: bool = False) -> RunResult:
+@dataclass(frozen=True)
+class ValidationEvent:
+    """What an ``on_validation`` callback is told after each scheduled validation: the update and epoch reached,
+    the validation loss and perplexity, the best so far, and the run's wall-clock seconds (resumes included)."""
+
+    update: int
+    epoch: float
+    loss: float
+    ppl: float
+    best_ppl: float
+    seconds: float
+
+
+OnValidation = Callable[[ValidationEvent], Any]
+
+
+def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False, silent: bool = False,
+          on_validation: OnValidation | None = None) -> RunResult:
     """Train the model of ``config`` on its data into its run folder (``config.out``); see :class:`TrainConfig`.
 
     ``resume`` continues from the newest checkpoint in the run folder. ``quiet`` replaces the progress bar by a log
     line every ``log_every`` updates; ``silent`` prints nothing. Under ``torchrun`` every process calls this.
+
+    ``on_validation(event)`` is called after every scheduled validation (every ``valid_every`` updates and at each
+    epoch end, not the final one) with a :class:`ValidationEvent`, after the checkpoint of that update is saved; a
+    true return value stops the run there (stop reason ``on_validation``), which is how a hyper-parameter search
+    prunes a trial. Under ``torchrun`` the run stops if any process's callback says so.
     """
     config.validate()
     ctx = distributed.setup(config.device)
     try:
         with _StopSignals() as signals, _run_folder(Path(config.out), ctx):
-            trainer = Trainer(config, ctx, signals, resume=resume, quiet=quiet, silent=silent)
+            trainer = Trainer(config, ctx, signals, resume=resume, quiet=quiet, silent=silent,
+                              on_validation=on_validation)
             return trainer.run()
     finally:
         distributed.teardown(ctx)
@@ -178,8 +210,9 @@ class Trainer:
     """One run: built from a config (fresh or resumed), then :meth:`run`."""
 
     def __init__(self, config: TrainConfig, ctx: distributed.Dist, signals: _StopSignals, *, resume: bool,
-                 quiet: bool, silent: bool) -> None:
+                 quiet: bool, silent: bool, on_validation: OnValidation | None = None) -> None:
         self.config, self.ctx, self.signals = config, ctx, signals
+        self.on_validation, self.hook_stop = on_validation, False
         self.run_dir = Path(config.out)
         self.started = time.monotonic()
         if config.precision == "fp16" and ctx.device.type != "cuda":
@@ -218,6 +251,9 @@ class Trainer:
         self.best_loss, self.best_update, self.last_valid = math.inf, -1, (-1, math.inf)
         self.saved_update, self.train_seconds, self.last_train_loss = -1, 0.0, math.nan
         self.previous_seconds = 0.0  # wall-clock seconds of the invocations before a resume
+        # early stopping: the best validation loss that counted as an improvement (by more than min_delta), and the
+        # scheduled validations since it
+        self.patience_best, self.stale_validations = math.inf, 0
         loaded = self._load_checkpoint() if resume else None
         # the cosine schedule's length is fixed when a run starts, so a resumed run follows the same curve
         self.schedule_total = loaded.state["schedule_total"] if loaded else self._planned_updates()
@@ -290,6 +326,9 @@ class Trainer:
         self.last_valid = tuple(state["last_valid"])
         self.train_seconds, self.saved_update = state["train_seconds"], self.update
         self.previous_seconds = float(state.get("wall_seconds", 0.0))
+        # checkpoints of earlier versions have no early-stopping state: start counting from their best
+        self.patience_best = float(state.get("patience_best", self.best_loss))
+        self.stale_validations = int(state.get("stale_validations", 0))
         if len(loaded.rng) == self.ctx.world_size:
             ckpt.restore_rng(loaded.rng[self.ctx.rank], self.ctx.device)
         else:
@@ -336,8 +375,12 @@ class Trainer:
                 if self.batch_in_epoch == self.batches_per_epoch:
                     self.epoch, self.batch_in_epoch, scheduled = self.epoch + 1, 0, True
                 if scheduled:
-                    self._validate(step_schedule=True)
+                    loss = self._validate(step_schedule=True)
                     self._save()
+                    if self.on_validation is not None:
+                        self.hook_stop = bool(self.on_validation(ValidationEvent(
+                            update=self.update, epoch=self._epochs(), loss=loss, ppl=perplexity(loss),
+                            best_ppl=perplexity(self.best_loss), seconds=self._run_seconds())))
             return self._finish(reason)
         except GcnnError as exc:  # say so in run.json, which would otherwise still read "running"
             if self.ctx.is_main:
@@ -365,9 +408,23 @@ class Trainer:
             code = 2
         elif c.max_minutes and time.monotonic() - self.started >= 60 * c.max_minutes:
             code = 3
+        if self.early_stopped:
+            code = 4
+        if self.hook_stop:
+            code = 5
         if self.signals.received:
-            code = {"SIGHUP": 4, "SIGTERM": 5, "SIGINT": 6}[self.signals.received]
+            code = SIGNAL_CODES[self.signals.received]
         return STOP_CODES[distributed.all_max(code, self.ctx)]
+
+    @property
+    def early_stopped(self) -> bool:
+        patience = self.config.early_stop_patience
+        return bool(patience) and self.stale_validations >= patience
+
+    def _early_stop_detail(self) -> str:
+        return (f"early stopping: {self.stale_validations} validations in a row without lowering the validation loss "
+                f"by more than {self.config.min_delta:g} (patience {self.config.early_stop_patience}); the best "
+                f"model, from update {self.best_update} (valid ppl {perplexity(self.best_loss):.2f}), is the run's")
 
     def _train_update(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         start = time.monotonic()
@@ -452,6 +509,10 @@ class Trainer:
         self.last_valid = (self.update, loss)
         if step_schedule:
             self.schedule.after_validation(loss)
+            if loss < self.patience_best - self.config.min_delta:
+                self.patience_best, self.stale_validations = loss, 0
+            else:
+                self.stale_validations += 1
         if loss < self.best_loss:
             self.best_loss, self.best_update = loss, self.update
             if self.ctx.is_main:
@@ -514,17 +575,23 @@ class Trainer:
             "best_update": self.best_update, "last_valid": list(self.last_valid),
             "train_seconds": self.train_seconds, "wall_seconds": self._run_seconds(),
             "schedule_total": self.schedule_total,
+            "patience_best": self.patience_best, "stale_validations": self.stale_validations,
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "model_config": self.model_config.to_dict(), "world_size": self.ctx.world_size,
         }
 
-    def _write_run_file(self, status: str, stop_reason: str | None = None) -> None:
+    def _write_run_file(self, status: str, stop_reason: str | None = None, stop_detail: str | None = None) -> None:
         run_path = self.run_dir / RUN_FILE
         previous = _read_run_file(run_path) if run_path.is_file() else {}
         atomic_write_json(run_path, {
             "format": RUN_FORMAT,
             "status": status,
             "stop_reason": stop_reason,
+            "stop_detail": stop_detail,
+            "early_stopping": {
+                "patience": self.config.early_stop_patience, "min_delta": self.config.min_delta,
+                "validations_without_improvement": self.stale_validations,
+            } if self.config.early_stop_patience else None,
             # the data path resolved, so that `--resume` works from another working directory
             "train_config": dict(self.config.to_dict(), data=str(Path(self.config.data).resolve())),
             "model_config": self.model_config.to_dict(),
@@ -552,14 +619,16 @@ class Trainer:
             self._validate(step_schedule=False)
         if self.saved_update != self.update:
             self._save()
+        detail = {"early_stop": self._early_stop_detail(),
+                  "on_validation": "stopped by the on_validation callback (a search pruning the run)"}.get(reason)
         if self.ctx.is_main:
-            self._write_run_file("stopped" if by_signal else "finished", reason)
+            self._write_run_file("stopped" if by_signal else "finished", reason, detail)
         return RunResult(
             run_dir=self.run_dir, updates=self.update, epochs=self._epochs(), tokens=self.tokens,
             train_loss=self._window.loss if self._window.tokens else self.last_train_loss,
             valid_ppl=perplexity(self.last_valid[1]),
             best_valid_ppl=perplexity(self.best_loss), skipped_updates=self.skipped,
-            seconds=time.monotonic() - self.started, stop_reason=reason,
+            seconds=time.monotonic() - self.started, stop_reason=reason, stop_detail=detail,
         )
 
     # ------------------------------------------------------------------------------------------- helpers

@@ -1,5 +1,6 @@
 """The GCNN model: causality, normalisation, the gates' formulas, the paper's architectures, gradients."""
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import gcnn
 from gcnn.config import GATES, Block, ModelConfig
 from gcnn.errors import ConfigError
 from gcnn.model import CausalConv, ConvBlock, GatedConvLM
+from gcnn.runtime import optimize
 from convs import CONV_CASES, close, random_conv, textbook_conv_and_grads
 
 V = 50
@@ -443,3 +445,177 @@ def test_loss_with_and_without_gradients_is_the_same():
                 without = model(tokens, targets).loss
         assert with_grad.requires_grad
         assert abs(with_grad.item() - without.item()) < tolerance * max(1.0, abs(without.item()))
+
+
+# ------------------------------------------------------------------------------------------------ beyond the paper
+# dilated blocks, tied embeddings (full softmax, with and without the projection to embed_dim; adaptive), adaptive
+# input representations: the same exactness properties as the paper's models
+DILATED = (Block(((3, 12),), residual=False), Block(((2, 12), (3, 12)), repeat=2, dilation=2),
+           Block(((1, 6), (3, 6), (1, 16)), dilation=3))
+OPTION_VARIANTS = {
+    "dilated": dict(blocks=DILATED),
+    "dilated-block-gate": dict(blocks=DILATED, gate_placement="block"),
+    "tied-full": dict(adaptive_cutoffs=(), tie_embeddings=True),  # last width 16 != embed 8: output_proj
+    "tied-full-same-width": dict(adaptive_cutoffs=(), tie_embeddings=True, embed_dim=16),
+    "adaptive-input": dict(adaptive_input=True, embed_dim=16),
+    "adaptive-input-tied": dict(adaptive_input=True, tie_embeddings=True, embed_dim=16),
+    "adaptive-input-tied-dilated": dict(adaptive_input=True, tie_embeddings=True, blocks=DILATED),
+}
+
+
+@pytest.mark.parametrize("variant", list(OPTION_VARIANTS))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_causality_bit_for_bit_with_the_options(variant, mode):
+    torch.manual_seed(0)
+    model = GatedConvLM(small_config(**OPTION_VARIANTS[variant]))
+    model.train(mode == "train")
+    grad = torch.enable_grad() if mode == "train" else torch.no_grad()
+    tokens = torch.randint(0, V, (3, 40))
+    with grad:
+        base = model.next_token_log_probs(tokens)
+        for t in (0, 5, 30):
+            changed = tokens.clone()
+            changed[:, t + 1 :] = torch.randint(0, V, changed[:, t + 1 :].shape)
+            out = model.next_token_log_probs(changed)
+            assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"future tokens leaked into position <= {t}"
+            assert not torch.equal(out[:, t + 1 :], base[:, t + 1 :])
+
+
+@pytest.mark.parametrize("variant", ["paper", *OPTION_VARIANTS])
+def test_receptive_field_is_exact(variant):
+    """The prediction at t depends on the token at t - receptive_field + 1 and on none before it."""
+    torch.manual_seed(11)
+    model = GatedConvLM(small_config(**OPTION_VARIANTS.get(variant, {}))).eval()
+    field = model.receptive_field
+    assert field == (1 + 2 + (1 + 2) * 2 * 2 + 2 * 3 if "dilated" in variant else 1 + 2 + (1 + 2) * 2 + 2)
+    tokens = torch.randint(0, V, (2, field + 6))
+    last = tokens.shape[1] - 1
+    with torch.no_grad():
+        base = model.next_token_log_probs(tokens)[:, last]
+        for position, matters in ((last - field + 1, True), (last - field, False), (0, False)):
+            changed = tokens.clone()
+            changed[:, position] = (changed[:, position] + 1 + torch.arange(2)) % V
+            out = model.next_token_log_probs(changed)[:, last]
+            assert torch.equal(out, base) != matters, f"position {position} (receptive field {field})"
+
+
+@pytest.mark.parametrize("variant", list(OPTION_VARIANTS))
+def test_incremental_decoding_matches_full_forward_with_the_options(variant):
+    torch.manual_seed(7)
+    model = GatedConvLM(small_config(**OPTION_VARIANTS[variant])).eval()
+    tokens = torch.randint(0, V, (2, 30))
+    full = model.next_token_log_probs(tokens)
+    cache = model.new_cache(2)
+    steps = [model.next_token_log_probs(tokens[:, :4], cache=cache)]  # a prompt, one token at a time, then a chunk
+    for t in range(4, 20):
+        steps.append(model.next_token_log_probs(tokens[:, t : t + 1], cache=cache))
+    steps.append(model.next_token_log_probs(tokens[:, 20:], cache=cache))
+    assert cache.length == 30
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    optimized = optimize(copy.deepcopy(model), "fp32")
+    cache = optimized.new_cache(2)
+    with torch.no_grad():
+        fast = [optimized.next_token_log_probs(tokens[:, t : t + 1], cache=cache) for t in range(30)]
+    assert torch.allclose(torch.cat(fast, 1), full, atol=1e-4)  # the decoding kernels read dilated windows too
+
+
+@pytest.mark.parametrize("variant", ["tied-full", "adaptive-input", "adaptive-input-tied"])
+def test_distribution_sums_to_one_and_backward_reaches_every_parameter_with_the_options(variant):
+    torch.manual_seed(6)
+    model = GatedConvLM(small_config(dropout=0.1, **OPTION_VARIANTS[variant]))
+    tokens = torch.arange(48).reshape(4, 12) % V  # every cluster's words as inputs and as targets
+    targets = (torch.arange(48).reshape(4, 12) * 7) % V
+    with torch.no_grad():
+        model.eval()
+        assert torch.allclose(model.next_token_log_probs(tokens).exp().sum(-1), torch.ones(4, 12), atol=1e-5)
+        model.train()
+    model(tokens, targets).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+
+
+def test_tied_embeddings_are_the_softmax_weights_and_exist_once():
+    torch.manual_seed(12)
+    plain = GatedConvLM(small_config(adaptive_cutoffs=()))
+    tied = GatedConvLM(small_config(adaptive_cutoffs=(), tie_embeddings=True, embed_dim=16))
+    assert tied.embed is None and tied.output_proj is None
+    assert tied.num_parameters() < plain.num_parameters()
+    assert "embed.weight" not in tied.state_dict() and "softmax.proj.weight" in tied.state_dict()
+    tokens = torch.tensor([[0, 5, 49]])
+    assert torch.equal(tied.embed_tokens(tokens)[0], tied.softmax.proj.weight[[0, 5, 49]])
+    # an output-layer step moves the input embedding too
+    before = tied.embed_tokens(tokens).detach().clone()
+    with torch.no_grad():
+        tied.softmax.proj.weight.add_(1.0)
+    assert torch.equal(tied.embed_tokens(tokens), before + 1.0)
+
+    adaptive = GatedConvLM(small_config(adaptive_input=True, tie_embeddings=True, embed_dim=16))
+    soft = adaptive.softmax
+    head, tail = torch.tensor([[3]]), torch.tensor([[35]])  # a head word; a word of the second tail cluster
+    assert torch.equal(adaptive.embed_tokens(head)[0, 0], soft.head.weight[3])
+    expected = soft.tails[1][2].weight[35 - 30] @ soft.tails[1][0].weight
+    assert torch.allclose(adaptive.embed_tokens(tail)[0, 0], expected, atol=1e-6)
+    untied = GatedConvLM(small_config(adaptive_input=True, embed_dim=16))
+    assert [tuple(t.shape) for t in untied.embed.tables] == [(10, 16), (20, 4), (20, 1)]
+    assert adaptive.num_parameters() < untied.num_parameters() < plain.num_parameters() + 16 * 50
+
+
+@pytest.mark.parametrize("variant", list(OPTION_VARIANTS))
+def test_save_and_load_round_trip_with_the_options(tmp_path, variant):
+    """safetensors refuses tensors that share memory: tied weights are saved once, and the loader's shape checks
+    (gcnn.io.expected_tensors, from the config alone) agree with what is saved."""
+    torch.manual_seed(13)
+    model = GatedConvLM(small_config(**OPTION_VARIANTS[variant])).eval()
+    gcnn.io.write_model(model, tmp_path / "m")
+    assert set(gcnn.io.expected_tensors(model.config)) == set(model.state_dict())
+    loaded = gcnn.load(tmp_path / "m")
+    assert loaded.config == model.config
+    tokens = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded.next_token_log_probs(tokens), model.next_token_log_probs(tokens))
+
+
+def test_embed_dropout_drops_whole_word_types_in_training_only():
+    torch.manual_seed(14)
+    model = GatedConvLM(small_config(embed_dropout=0.5))
+    tokens = torch.randint(0, V, (4, 30))
+    plain = model.embed.weight[tokens]
+    dropped = model.embed_tokens(tokens)
+    zero = (dropped == 0).all(-1)
+    assert 0 < zero.float().mean() < 1
+    for word in tokens.unique():  # a word is dropped everywhere or nowhere; the kept ones are scaled by 1 / (1 - p)
+        at = tokens == word
+        assert zero[at].all() or not zero[at].any()
+    assert torch.allclose(dropped[~zero], plain[~zero] * 2)
+    model.eval()
+    assert torch.equal(model.embed_tokens(tokens), plain)
+
+
+def test_new_options_leave_the_config_and_weights_of_default_models_as_they_were():
+    """A model that uses none of the options has the config.json keys and tensor names of earlier versions, so that
+    their saved models load and their runs resume; a config.json with the options round-trips."""
+    config = gcnn.get_config("gcnn-small", vocab_size=3000)
+    keys = set(config.to_dict())
+    assert keys == {"model_type", "vocab_size", "blocks", "embed_dim", "gate", "gate_placement", "weight_norm",
+                    "residual_scale", "dropout", "adaptive_cutoffs", "adaptive_div", "init", "arch"}
+    assert all(set(b) == {"layers", "repeat", "residual"} for b in config.to_dict()["blocks"])
+    names = set(gcnn.io.expected_tensors(config))
+    assert "embed.weight" in names and not any(n.startswith(("output_proj", "embed.tables")) for n in names)
+    options = small_config(blocks=DILATED, tie_embeddings=True, adaptive_input=True, embed_dropout=0.1)
+    data = options.to_dict()
+    assert data["tie_embeddings"] and data["adaptive_input"] and data["blocks"][1]["dilation"] == 2
+    assert ModelConfig.from_dict(data) == options
+    assert "dilation 3" in options.describe()
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(adaptive_input=True, adaptive_cutoffs=()), "adaptive_input needs adaptive_cutoffs"),
+    (dict(tie_embeddings=True), "tie_embeddings with an adaptive softmax needs adaptive_input"),
+    (dict(embed_dropout=1.0), "embed_dropout must be a number in"),
+    (dict(tie_embeddings="yes"), "tie_embeddings must be true or false"),
+    (dict(blocks=[{"layers": [[3, 8]], "dilation": 0}]), "block dilation must be a positive integer"),
+    (dict(blocks=[{"layers": [[3, 8]], "dilate": 2}]), "unknown block key"),
+])
+def test_bad_option_values_name_the_field(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(**fields)

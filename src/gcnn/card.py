@@ -118,7 +118,15 @@ def _model_rows(model: Any, vocab: Vocabulary | None) -> list[tuple[str, str]]:
         ("vocabulary", f"{len(vocab):,} tokens" if vocab is not None else "not saved with the model"),
         ("receptive field", f"{rf} tokens" if rf is not None else "unbounded"),
         ("output layer", f"adaptive softmax, cutoffs {cutoffs}" if cutoffs else "full softmax"),
+        ("input embedding", _embedding_text(config)),
     ]
+
+
+def _embedding_text(config: Any) -> str:
+    kind = "adaptive input (Baevski & Auli 2019)" if getattr(config, "adaptive_input", False) else "a table"
+    tied = ", tied to the output layer" if getattr(config, "tie_embeddings", False) else ""
+    drop = getattr(config, "embed_dropout", 0.0)
+    return f"{kind}{tied}" + (f", word-type dropout {drop:g}" if drop else "")
 
 
 def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> list[str]:

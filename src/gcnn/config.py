@@ -4,7 +4,8 @@
 A GCNN is a stack of *blocks*.
  A block is a short list of causal convolution layers, each written ``[k, n]`` as in
 the paper's Table 1 (kernel width k, n output channels), repeated ``repeat`` times. A residual block adds its input
-to its output (through a projection where the widths differ); a plain block (``residual = false``) does not.
+to its output (through a projection where the widths differ); a plain block (``residual = false``) does not. A block
+may dilate its convolutions (``dilation = d``: a kernel of width k then spans (k-1)d+1 positions; beyond the paper).
 
 The same structure is written in TOML, for custom architectures::
 
@@ -47,6 +48,7 @@ class Block:
     layers: tuple[tuple[int, int], ...]
     repeat: int = 1
     residual: bool = True
+    dilation: int = 1
 
     def __post_init__(self) -> None:
         layers = tuple(tuple(layer) for layer in self.layers)
@@ -58,13 +60,16 @@ class Block:
                 raise ConfigError(f"block layer {list(layer)} must be [kernel, channels] with positive integers")
         if not _is_int(self.repeat) or self.repeat < 1:
             raise ConfigError(f"block repeat must be a positive integer, got {self.repeat!r}")
+        if not _is_int(self.dilation) or self.dilation < 1:
+            raise ConfigError(f"block dilation must be a positive integer, got {self.dilation!r}")
 
     def describe(self) -> str:
         inner = ", ".join(f"[{k},{n}]" for k, n in self.layers)
         if len(self.layers) > 1:
             inner = f"({inner})"
         kind = "" if self.residual else " plain"
-        return f"{inner} x{self.repeat}{kind}"
+        dilated = f" dilation {self.dilation}" if self.dilation != 1 else ""
+        return f"{inner} x{self.repeat}{kind}{dilated}"
 
 
 C = TypeVar("C", bound="ConfigBase")
@@ -165,11 +170,22 @@ class ModelConfig(ConfigBase):
             ``block`` runs two linear stacks of convolutions per block and gates once, ``A * sigmoid(B)``.
         weight_norm: weight normalization (Salimans & Kingma) on convolutions and projections.
         residual_scale: multiply each residual sum by sqrt(0.5), as fairseq does.
-        dropout: dropout on the embedding, before every convolution and before the output layer.
+        dropout: dropout on the embedding, before every convolution (between layers) and before the output layer.
         adaptive_cutoffs: word-id cutoffs of the adaptive softmax clusters; empty means a full softmax.
         adaptive_div: each tail cluster projects the hidden state down by this factor more than the last.
         init: ``kaiming`` (He normal, the paper) or ``fairseq`` (N(0, sqrt(4(1-p)/fan_in)), fairseq's).
         arch: the name of the architecture this config was built from, if any (informational).
+
+    Beyond the paper (all off by default; a config.json leaves them out while they are off):
+        tie_embeddings: the input embedding and the output layer share their word matrices (Press & Wolf 2017;
+            Inan et al. 2017). With a full softmax the embedding is the softmax's weight; with an adaptive softmax
+            it needs ``adaptive_input`` and shares every cluster's words and projection. Where the last block's
+            width differs from ``embed_dim``, a linear projection maps the hidden state to ``embed_dim`` first.
+        adaptive_input: adaptive input representations (Baevski & Auli 2019): the words of the adaptive softmax's
+            clusters get embeddings of ``embed_dim / adaptive_div**i`` dimensions (the head's full width),
+            projected to ``embed_dim``; needs ``adaptive_cutoffs``.
+        embed_dropout: drop whole word types from the embedding with this probability in each forward pass
+            (Gal & Ghahramani 2016, as in Merity et al.'s AWD-LSTM), rescaling the kept ones.
     """
 
     model_type: ClassVar[str] = "gcnn"
@@ -185,6 +201,13 @@ class ModelConfig(ConfigBase):
     adaptive_div: float = 4.0
     init: str = "kaiming"
     arch: str | None = None
+    tie_embeddings: bool = False
+    adaptive_input: bool = False
+    embed_dropout: float = 0.0
+
+    # fields added after the first release: to_dict leaves them out at these values, so that the config.json of a
+    # model that does not use them is what earlier versions wrote (and resumes of their runs see the same config)
+    OPTIONAL_FIELDS: ClassVar[dict[str, Any]] = {"tie_embeddings": False, "adaptive_input": False, "embed_dropout": 0.0}
 
     def __post_init__(self) -> None:
         if not isinstance(self.blocks, (list, tuple)):
@@ -199,9 +222,18 @@ class ModelConfig(ConfigBase):
         _check_choice("gate", self.gate, GATES)
         _check_choice("gate_placement", self.gate_placement, GATE_PLACEMENTS)
         _check_choice("init", self.init, INITS)
-        for name in ("weight_norm", "residual_scale"):
+        for name in ("weight_norm", "residual_scale", "tie_embeddings", "adaptive_input"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not _is_number(self.embed_dropout) or not 0 <= self.embed_dropout < 1:
+            raise ConfigError(f"embed_dropout must be a number in [0, 1), got {self.embed_dropout!r}")
+        if self.adaptive_input and not self.adaptive_cutoffs:
+            raise ConfigError("adaptive_input needs adaptive_cutoffs (its clusters are the adaptive softmax's)")
+        if self.tie_embeddings and self.adaptive_cutoffs and not self.adaptive_input:
+            raise ConfigError(
+                "tie_embeddings with an adaptive softmax needs adaptive_input = true (the tail clusters' words have "
+                "smaller dimensions than a plain embedding's), or adaptive_cutoffs = [] for a full softmax"
+            )
 
     # ------------------------------------------------------------------ derived structure
     @property
@@ -211,7 +243,7 @@ class ModelConfig(ConfigBase):
     @property
     def receptive_field(self) -> int:
         """How many tokens (the current one included) can influence a prediction."""
-        return 1 + sum((k - 1) * b.repeat for b in self.blocks for k, _ in b.layers)
+        return 1 + sum((k - 1) * b.dilation * b.repeat for b in self.blocks for k, _ in b.layers)
 
     @property
     def output_dim(self) -> int:
@@ -223,9 +255,13 @@ class ModelConfig(ConfigBase):
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         out["blocks"] = [
-            {"layers": [list(layer) for layer in b.layers], "repeat": b.repeat, "residual": b.residual}
+            {"layers": [list(layer) for layer in b.layers], "repeat": b.repeat, "residual": b.residual,
+             **({"dilation": b.dilation} if b.dilation != 1 else {})}
             for b in self.blocks
         ]
+        for name, default in self.OPTIONAL_FIELDS.items():
+            if out[name] == default:
+                del out[name]
         return out
 
 
@@ -344,16 +380,21 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def _block_from_dict(data: Any) -> Block:
     if isinstance(data, Mapping):
-        unknown = sorted(set(data) - {"layers", "repeat", "residual"})
+        unknown = sorted(set(data) - {"layers", "repeat", "residual", "dilation"})
         if unknown:
-            raise ConfigError(f"unknown block key(s) {', '.join(unknown)}; a block has layers, repeat, residual")
+            raise ConfigError(
+                f"unknown block key(s) {', '.join(unknown)}; a block has layers, repeat, residual, dilation"
+            )
         if "layers" not in data:
             raise ConfigError(f"block {dict(data)} has no 'layers'")
         residual = data.get("residual", True)
         if not isinstance(residual, bool):
             raise ConfigError(f"block residual must be true or false, got {residual!r}")
-        return Block(layers=tuple(tuple(x) for x in data["layers"]), repeat=data.get("repeat", 1), residual=residual)
-    raise ConfigError(f"a block must be a table with 'layers' (and optionally 'repeat', 'residual'), got {data!r}")
+        return Block(layers=tuple(tuple(x) for x in data["layers"]), repeat=data.get("repeat", 1), residual=residual,
+                     dilation=data.get("dilation", 1))
+    raise ConfigError(
+        f"a block must be a table with 'layers' (and optionally 'repeat', 'residual', 'dilation'), got {data!r}"
+    )
 
 
 def _is_int(value: Any) -> bool:

@@ -1,8 +1,8 @@
 """The Gated Convolutional Network language model (Dauphin et al., 2017), batch-major throughout.
 
-Shapes: B = batch, T = time, C = channels. Every convolution is causal: its input is padded on the left with k-1
-frames (zeros at the start of a sequence, the previous inputs during incremental decoding), so position t sees
-only inputs at positions <= t. One code path computes training, evaluation and decoding steps; faster inference
+Shapes: B = batch, T = time, C = channels. Every convolution is causal: its input is padded on the left with
+(k-1)d frames for a kernel of width k and dilation d (zeros at the start of a sequence, the previous inputs during
+incremental decoding), so position t sees only inputs at positions <= t. One code path computes training, evaluation and decoding steps; faster inference
 kernels (folded weights, oneDNN-packed bf16, int8) are applied from outside by :mod:`gcnn.runtime`.
 """
 
@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from gcnn.config import SQRT_HALF, TWO_BRANCH_GATES, ModelConfig
 from gcnn.lm import LanguageModel, check_cache_batch
-from gcnn.softmax import build_softmax
+from gcnn.softmax import AdaptiveInput, build_softmax
 
 
 class ConvCache:
-    """Incremental-decoding state: for every convolution with k > 1, its last k-1 input frames (B, k-1, C).
+    """Incremental-decoding state: for every convolution with k > 1, its last (k-1)d input frames (B, (k-1)d, C).
 
     Convolutions take their buffers in the order the forward pass visits them; ``length`` counts the tokens seen.
     """
@@ -88,13 +88,18 @@ class CausalConv(nn.Module):
     ``groups=2`` keeps two independent halves of the channels (the two stacks of a block-gated residual block).
     With ``weight_norm`` the weight is ``weight_g * weight_v / ||weight_v||`` (norm over everything but the output
     channel); without it the parameter is ``weight``. Weight layout: (C_out, C_in / groups, k), as nn.Conv1d.
+    ``dilation`` d spaces the kernel's taps d positions apart: output t reads inputs t, t-d, ..., t-(k-1)d.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, groups: int = 1, weight_norm: bool = True) -> None:
+    dilation: int = 1  # a class default, so that modules pickled before dilation existed read as undilated
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, groups: int = 1, weight_norm: bool = True,
+                 dilation: int = 1) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"channels {in_channels}->{out_channels} not divisible by groups={groups}")
         self.in_channels, self.out_channels, self.kernel, self.groups = in_channels, out_channels, kernel, groups
+        self.dilation = dilation
         shape = (out_channels, in_channels // groups, kernel)
         if weight_norm:
             self.weight_v = nn.Parameter(torch.empty(shape))
@@ -107,6 +112,11 @@ class CausalConv(nn.Module):
     @property
     def weight_norm(self) -> bool:
         return hasattr(self, "weight_g")
+
+    @property
+    def span(self) -> int:
+        """Input frames before the current one that an output reads: (k-1)d."""
+        return (self.kernel - 1) * self.dilation
 
     @property
     def fan_in(self) -> int:
@@ -128,9 +138,9 @@ class CausalConv(nn.Module):
             self.bias.zero_()
 
     def padded_input(self, x: Tensor, cache: ConvCache | None) -> Tensor:
-        """(B, T, C) -> (B, k-1+T, C): the k-1 frames before x (zeros, or the cached inputs) then x; the cache keeps
-        the last k-1 frames for the next call."""
-        frames = self.kernel - 1
+        """(B, T, C) -> (B, (k-1)d+T, C): the (k-1)d frames before x (zeros, or the cached inputs) then x; the cache
+        keeps the last (k-1)d frames for the next call."""
+        frames = self.span
         if frames == 0:
             return x
         left = x.new_zeros(x.shape[0], frames, x.shape[2]) if cache is None else cache.left_context(x, frames)
@@ -141,10 +151,10 @@ class CausalConv(nn.Module):
 
     def forward(self, x: Tensor, cache: ConvCache | None = None) -> Tensor:
         if cache is None:  # the same as padded_input, with the zeros added in the (B, C, T) layout conv1d reads
-            padded = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))
+            padded = F.pad(x.transpose(1, 2), (self.span, 0))
         else:
             padded = self.padded_input(x, cache).transpose(1, 2)
-        out = F.conv1d(padded, self.effective_weight(), self.bias, groups=self.groups)  # (B, C_out, T)
+        out = F.conv1d(padded, self.effective_weight(), self.bias, groups=self.groups, dilation=self.dilation)  # (B, C_out, T)
         return out.transpose(1, 2)
 
 
@@ -171,7 +181,8 @@ class ConvBlock(nn.Module):
     gate_placement ``block``: two linear stacks A and B of the block's convolutions, then G = gate(A, B) once.
     """
 
-    def __init__(self, in_width: int, layers: tuple[tuple[int, int], ...], residual: bool, config: ModelConfig) -> None:
+    def __init__(self, in_width: int, layers: tuple[tuple[int, int], ...], residual: bool, config: ModelConfig,
+                 dilation: int = 1) -> None:
         super().__init__()
         self.gate = config.gate
         self.per_layer = config.gate_placement == "layer"
@@ -184,9 +195,10 @@ class ConvBlock(nn.Module):
         width = in_width
         for j, (k, n) in enumerate(layers):
             if self.per_layer or j == 0:
-                self.convs.append(CausalConv(width, branches * n, k, weight_norm=wn))
+                self.convs.append(CausalConv(width, branches * n, k, weight_norm=wn, dilation=dilation))
             else:  # block gating: keep the stacks A and B apart
-                self.convs.append(CausalConv(branches * width, branches * n, k, groups=branches, weight_norm=wn))
+                self.convs.append(CausalConv(branches * width, branches * n, k, groups=branches, weight_norm=wn,
+                                             dilation=dilation))
             width = n
         self.out_width = width
         self.proj = CausalConv(in_width, width, 1, weight_norm=wn) if residual and in_width != width else None
@@ -209,13 +221,22 @@ class ConvBlock(nn.Module):
 
 
 class GatedConvLM(LanguageModel):
-    """Embedding -> [projection] -> blocks of gated causal convolutions -> adaptive (or full) softmax."""
+    """Embedding -> [projection] -> blocks of gated causal convolutions -> [projection] -> adaptive (or full) softmax.
+
+    The embedding is a table (``embed``), adaptive input representations (``embed``, an :class:`AdaptiveInput`), or,
+    with ``tie_embeddings``, the softmax's own word matrices (no ``embed``; ``output_proj`` maps the last block's
+    width to ``embed_dim`` where they differ)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         first_width = config.blocks[0].layers[0][1]
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        if config.tie_embeddings:
+            self.embed = None  # the softmax's word matrices (see embed_tokens)
+        elif config.adaptive_input:
+            self.embed = AdaptiveInput(config.embed_dim, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div)
+        else:
+            self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         self.input_proj = (
             CausalConv(config.embed_dim, first_width, 1, weight_norm=config.weight_norm)
             if config.embed_dim != first_width
@@ -226,16 +247,28 @@ class GatedConvLM(LanguageModel):
         width = first_width
         for block in config.blocks:
             for _ in range(block.repeat):
-                layer = ConvBlock(width, block.layers, block.residual, config)
+                layer = ConvBlock(width, block.layers, block.residual, config, block.dilation)
                 self.blocks.append(layer)
                 width = layer.out_width
+        self.output_proj = None
+        if config.tie_embeddings and width != config.embed_dim:  # the softmax's words are embed_dim wide
+            self.output_proj = CausalConv(width, config.embed_dim, 1, weight_norm=config.weight_norm)
+            width = config.embed_dim
         self.softmax = build_softmax(width, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div, config.dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Kaiming (He) normal for the gated convolutions (the paper), or fairseq's N(0, sqrt(4(1-p)/fan_in));
-        variance-preserving N(0, sqrt(1/fan_in)) for the linear projections; N(0, 0.1) for the embedding."""
-        nn.init.normal_(self.embed.weight, 0.0, 0.1)
+        variance-preserving N(0, sqrt(1/fan_in)) for the linear projections; N(0, 0.1) for the embedding (tied:
+        the softmax's word matrices)."""
+        if isinstance(self.embed, nn.Embedding):
+            nn.init.normal_(self.embed.weight, 0.0, 0.1)
+        elif isinstance(self.embed, AdaptiveInput):
+            self.embed.reset_parameters(0.1)
+        else:
+            with torch.no_grad():
+                for matrix in self.softmax.word_matrices():
+                    matrix.normal_(0.0, 0.1)
         p = self.config.dropout
         for module in self.modules():
             if isinstance(module, ConvBlock):
@@ -247,8 +280,9 @@ class GatedConvLM(LanguageModel):
                     conv.reset_parameters(std)
                 if module.proj is not None:
                     module.proj.reset_parameters(math.sqrt(1.0 / module.proj.fan_in))
-        if self.input_proj is not None:
-            self.input_proj.reset_parameters(math.sqrt(1.0 / self.input_proj.fan_in))
+        for proj in (self.input_proj, self.output_proj):
+            if proj is not None:
+                proj.reset_parameters(math.sqrt(1.0 / proj.fan_in))
 
     @property
     def receptive_field(self) -> int:
@@ -261,9 +295,21 @@ class GatedConvLM(LanguageModel):
         """tokens (B, T) -> final hidden states (B, T, C_last)."""
         if cache is not None:
             cache.start(tokens)
-        x = self.dropout(self.embed(tokens))  # (B, T, E)
+        x = self.dropout(self.embed_tokens(tokens))  # (B, T, E)
         if self.input_proj is not None:
             x = self.input_proj(x)
         for block in self.blocks:
             x = block(x, cache)
+        if self.output_proj is not None:
+            x = self.output_proj(x)
         return self.dropout(x)
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> embeddings (B, T, E); in training, ``embed_dropout`` drops whole word types (the same
+        words everywhere in the batch) and scales the others up."""
+        x = self.softmax.embed(tokens) if self.embed is None else self.embed(tokens)
+        p = self.config.embed_dropout
+        if self.training and p > 0:
+            keep = torch.empty(self.config.vocab_size, device=x.device).bernoulli_(1 - p) / (1 - p)
+            x = x * keep[tokens].unsqueeze(-1).to(x.dtype)
+        return x

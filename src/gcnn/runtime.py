@@ -135,10 +135,12 @@ class InferenceConv(CausalConv):
         batch, time, channels = x.shape
         padded = self.padded_input(x, cache)
         if time > WINDOW_STEPS:  # a prompt or an evaluation batch: the convolution with the folded weight
-            out = F.conv1d(padded.transpose(1, 2), folded.weight, folded.bias, groups=self.groups)
+            out = F.conv1d(padded.transpose(1, 2), folded.weight, folded.bias, groups=self.groups,
+                           dilation=self.dilation)
             return out.transpose(1, 2)
         k = self.kernel
-        windows = padded.unfold(1, k, 1) if k > 1 else padded.unsqueeze(-1)  # (B, T, C, k): the last k inputs
+        # (B, T, C, k): the k inputs each output reads, d apart
+        windows = padded.unfold(1, self.span + 1, 1)[..., :: self.dilation] if k > 1 else padded.unsqueeze(-1)
         rows = windows.reshape(batch * time, channels * k)  # (C, k) flattened channel-major, as the matrix's columns
         use_int8 = folded.int8 is not None and rows.shape[0] <= INT8_MAX_ROWS and rows.shape[1] % (16 * self.groups) == 0
         outs = []

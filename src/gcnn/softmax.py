@@ -15,6 +15,14 @@ recomputation; that is the usual small-vocabulary case.) The full next-token dis
 
 Log-softmaxes and log-sum-exps are computed in float32 whatever the input dtype, so bf16 autocast keeps normalised
 distributions.
+
+Input embeddings that go with them (beyond the paper, :class:`gcnn.config.ModelConfig`'s options):
+
+* tied embeddings: ``softmax.embed(tokens)`` reads the output layer's own word matrices (the full softmax's weight;
+  the adaptive softmax's head rows and, for a tail word, its cluster's word matrix times the cluster's projection,
+  transposed), so the weights exist once in the model and once in a saved state dict.
+* :class:`AdaptiveInput` (Baevski & Auli 2019), untied: the same clusters, each with its own smaller table and
+  projection to the embedding width.
 """
 
 from __future__ import annotations
@@ -148,6 +156,14 @@ class FullSoftmax(nn.Module):
         """hidden (..., d) -> log-distribution (..., V) in float32."""
         return torch.log_softmax(self.proj(hidden).float(), dim=-1)
 
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Tied input embeddings: tokens (...) -> the rows of the output weight (..., d)."""
+        return F.embedding(tokens, self.proj.weight)
+
+    def word_matrices(self) -> list[Tensor]:
+        """The weights that are word embeddings when tied (initialised as an embedding is)."""
+        return [self.proj.weight]
+
 
 class AdaptiveSoftmax(nn.Module):
     def __init__(self, dim: int, vocab_size: int, cutoffs: tuple[int, ...], div: float = 4.0, dropout: float = 0.0) -> None:
@@ -193,6 +209,68 @@ class AdaptiveSoftmax(nn.Module):
             cluster_lp = head_lp[..., self.shortlist + i : self.shortlist + i + 1]
             parts.append(cluster_lp + torch.log_softmax(tail(hidden).float(), dim=-1))
         return torch.cat(parts, dim=-1)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Tied adaptive input: tokens (...) -> (..., d). A head word's vector is its row of the head's weight; a word
+        of tail cluster i is its row of the cluster's word matrix (size, d / div**(i+1)) times the cluster's
+        projection (d / div**(i+1), d), the transposes of what the output side computes."""
+        tables = [self.head.weight[: self.shortlist]] + [tail[2].weight for tail in self.tails]
+        projections = [None] + [tail[0].weight for tail in self.tails]
+        return clustered_embedding(tokens, self.bounds, tables, projections)
+
+    def word_matrices(self) -> list[Tensor]:
+        return [self.head.weight] + [tail[2].weight for tail in self.tails]
+
+
+class AdaptiveInput(nn.Module):
+    """Adaptive input representations (Baevski & Auli 2019): the words of cluster i (the adaptive softmax's: the
+    head's ``cutoffs[0]`` words, then each tail) have ``dim / div**i``-dimensional embeddings, projected to ``dim``
+    (the head's need no projection). Word ids must be sorted by frequency."""
+
+    def __init__(self, dim: int, vocab_size: int, cutoffs: tuple[int, ...], div: float = 4.0) -> None:
+        super().__init__()
+        check_cutoffs(cutoffs, vocab_size)
+        if not cutoffs:
+            raise ValueError("AdaptiveInput needs at least one cutoff; use nn.Embedding otherwise")
+        self.dim, self.vocab_size = dim, vocab_size
+        self.bounds = [0] + list(cutoffs) + [vocab_size]
+        self.tables = nn.ParameterList()
+        self.projs = nn.ParameterList()  # (dim_i, dim) for each tail cluster
+        for i in range(len(self.bounds) - 1):
+            width = dim if i == 0 else max(1, int(dim // div**i))
+            self.tables.append(nn.Parameter(torch.empty(self.bounds[i + 1] - self.bounds[i], width)))
+            if i:
+                self.projs.append(nn.Parameter(torch.empty(width, dim)))
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.1) -> None:
+        with torch.no_grad():
+            for table in self.tables:
+                table.normal_(0.0, std)
+            for proj in self.projs:  # variance-preserving: a projected vector has the table's scale
+                proj.normal_(0.0, (1.0 / proj.shape[0]) ** 0.5)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return clustered_embedding(tokens, self.bounds[1:], list(self.tables), [None, *self.projs])
+
+
+def clustered_embedding(tokens: Tensor, bounds: list[int], tables: list[Tensor],
+                        projections: list[Tensor | None]) -> Tensor:
+    """tokens (...) -> (..., d): cluster c covers ids [bounds[c-1], bounds[c]) (from 0 for c = 0); a word's vector is
+    its row of ``tables[c]``, times ``projections[c]`` (dim_c, d) where there is one."""
+    flat = tokens.reshape(-1)
+    dim = tables[0].shape[1]
+    out = tables[0].new_zeros(flat.shape[0], dim)
+    start = 0
+    for table, projection, end in zip(tables, projections, bounds):
+        rows = torch.nonzero((flat >= start) & (flat < end), as_tuple=True)[0]
+        if rows.numel():
+            vectors = F.embedding(flat.index_select(0, rows) - start, table)
+            if projection is not None:
+                vectors = vectors @ projection
+            out = out.index_copy(0, rows, vectors.to(out.dtype))
+        start = end
+    return out.view(*tokens.shape, dim)
 
 
 def build_softmax(dim: int, vocab_size: int, cutoffs: tuple[int, ...], div: float, dropout: float) -> nn.Module:

@@ -1,0 +1,90 @@
+"""benchmarks/search_quality.py on a tiny corpus: the search runs its trials, prunes some, writes a table of every
+trial; --final trains the best at the full budget and reads the test split once per recipe."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train import prepared  # noqa: F401  (the tiny prepared corpus)
+
+optuna = pytest.importorskip("optuna")  # CI installs it (.ci/run: the bench extra)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def sq():
+    sys.path.insert(0, str(BENCHMARKS))
+    import search_quality
+
+    yield search_quality
+    sys.path.remove(str(BENCHMARKS))
+
+
+class FixedTrial:
+    """Enough of optuna.Trial for suggest(): the first choice, or the low end of a range."""
+
+    def __init__(self, **fixed):
+        self.fixed = fixed
+
+    def suggest_categorical(self, name, choices):
+        return self.fixed.get(name, choices[0])
+
+    def suggest_float(self, name, low, high, **kw):
+        return self.fixed.get(name, low)
+
+
+@pytest.mark.parametrize("embedding,cutoffs", [("table", [20]), ("adaptive-input-tied", [20]), ("tied", [])])
+def test_every_setting_builds_a_valid_model(sq, embedding, cutoffs):
+    from gcnn.architectures import config_from_table
+
+    name = "embedding" if cutoffs else "embedding_full"
+    for bottleneck in (False, True):
+        settings = sq.suggest(FixedTrial(**{name: embedding, "bottleneck": bottleneck, "dilation": 2, "depth": 3}),
+                              sq.SPACES["wikitext2"], cutoffs)
+        config = config_from_table(sq.model_table(settings, cutoffs), 64)
+        assert config.tie_embeddings == (embedding != "table") and config.adaptive_input == embedding.startswith("adaptive")
+        assert len(config.blocks) == 4 and [b.dilation for b in config.blocks] == [1, 1, 2, 1]
+        assert len(config.blocks[1].layers) == (3 if bottleneck else 1)
+        assert "lr=0.001" in sq.train_sets(settings)
+
+
+def test_search_prunes_and_reports_every_trial_then_final_reads_test_once(sq, prepared, tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    common = ["--data", str(prepared), "--base", "configs/shakespeare-cpu.toml", "--space", "tiny", "--runs",
+              str(runs), "--out-dir", str(out), "--set", "batch_size=8", "--set", "context=16", "--set",
+              "warmup_updates=0", "--set", "log_every=1", "--valid-every", "1"]
+    report = sq.main([*common, "--trials", "6", "--proxy-updates", "6", "--pruner", "halving", "--seed", "3"])
+    result = json.loads(Path(report).read_text())
+    rows = result["trials"]
+    assert len(rows) == 6 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    assert any(r["pruned"] for r in rows) and any(r["state"] == "COMPLETE" for r in rows)
+    for r in rows:  # a pruned trial stopped before the budget; a finished one reached it
+        assert (r["updates"] < 6) if r["pruned"] else (r["updates"] == 6), r
+        assert r["valid_ppl"] > 1 and set(r["settings"]) >= {"width", "depth", "kernel", "lr", "embedding"}
+        assert not (Path(r["run"]) / "test_eval.json").exists()  # the search reads no test data
+    table = result["table_markdown"].splitlines()
+    assert len(table) == 2 + 6 and "proxy valid ppl" in table[0] and sum("pruned" in line for line in table[2:]) == \
+        sum(r["pruned"] for r in rows)
+    assert (out / Path(report).name.replace(".json", ".md")).is_file()
+
+    # the study persists: a second invocation adds trials to it
+    report = sq.main([*common, "--trials", "1", "--proxy-updates", "6", "--pruner", "halving"])
+    assert len(json.loads(Path(report).read_text())["trials"]) == 7
+
+    # --final: the 2 best finished trials at a longer budget, the test split read once each
+    import gcnn.evaluate
+
+    calls = []
+    original = gcnn.evaluate.evaluate_split
+    monkeypatch.setattr(gcnn.evaluate, "evaluate_split", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    final_args = [*common, "--final", "2", "--final-minutes", "0.05", "--final-valid-every", "3"]
+    final = json.loads(Path(sq.main(final_args)).read_text())
+    finished = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["valid_ppl"])
+    assert [f["trial"] for f in final["finals"]] == [r["number"] for r in finished[:2]]
+    assert calls == ["test"] * len(final["finals"])
+    for f in final["finals"]:
+        assert f["stop_reason"] == "max_minutes" and f["test"]["perplexity"] > 1
+    sq.main(final_args)  # finished runs are reused and their test result is cached: the test split is not read again
+    assert calls == ["test"] * len(final["finals"])

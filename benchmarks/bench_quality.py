@@ -4,6 +4,7 @@ to ``--jobs`` at once), so what is reported is what a user of the recipes gets.
 
     python benchmarks/bench_quality.py recipe              # configs/wikitext2-*.toml, 60 minutes each, test ppl
     python benchmarks/bench_quality.py ablations           # gates, gating, weight norm, clipping, context (300 updates)
+    python benchmarks/bench_quality.py ablations --seeds 3 --updates 1500   # 3 seeds each, ~3 epochs: the spread
     python benchmarks/bench_quality.py recipe --report     # redraw the report from the finished run folders
 
 Run folders go under ``runs/quality/`` (``--runs``); a finished run is reused, not retrained (``--force`` retrains),
@@ -13,6 +14,12 @@ included; the cosine schedules decay over that time), the same for the three mod
 ablations' budget is a number of updates (``--updates``, the same tokens for every variant), as runs of a few minutes
 one after another would otherwise get different shares of a shared machine; their curves are still drawn against the
 wall-clock each run took. Runs that share the machine (``--jobs 2`` on 2 cores) each get one core.
+
+``--seeds N`` trains every ablation variant with seeds 1..N (``train.seed``: initialisation, data order, dropout;
+seed 1's run folder is the variant's name, so single-seed runs are reused); the report gives each variant's mean
+best validation perplexity with its seed-to-seed spread (standard deviation, and the range), error bars in the plot,
+and says for each pair of a group whether the difference of the means exceeds the spread: ``|mean_a - mean_b| >
+sd_a + sd_b`` (their one-sd error bars do not overlap).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -48,6 +56,8 @@ class Job:
     sets: list[str] = field(default_factory=list)
     group: str = ""
     paper: str = ""  # the paper's number for this variant, as text ("" if it has none)
+    variant: str = ""  # the ablation variant (several seeds share it); "" means the job's name
+    seed: int = 1
 
 
 # ------------------------------------------------------------------------------------------------ the comparisons
@@ -107,12 +117,82 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, list[str], str]]]] = {
 }
 
 
-def ablation_jobs(groups: list[str], base: str = "paper") -> list[Job]:
+def seed_run_name(variant: str, seed: int) -> str:
+    """The run folder of a variant's seed: seed 1 keeps the variant's name (the single-seed runs of before)."""
+    return variant if seed == 1 else f"{variant}-seed{seed}"
+
+
+def ablation_jobs(groups: list[str], base: str = "paper", seeds: int = 1) -> list[Job]:
     jobs: dict[str, Job] = {}
     for group in groups:
         for name, label, sets, paper in ABLATIONS[group][1]:
-            jobs.setdefault(name, Job(name, label, ABLATION_BASES[base], sets, group, paper))
+            for seed in range(1, seeds + 1):
+                extra = [] if seed == 1 else [f"seed={seed}"]
+                run = seed_run_name(name, seed)
+                jobs.setdefault(run, Job(run, label, ABLATION_BASES[base], [*sets, *extra], group, paper, name, seed))
     return list(jobs.values())
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+def aggregate(values: list[float | None]) -> dict[str, Any]:
+    """Mean and spread of one variant's best validation perplexities over its seeds (None: a diverged seed, which
+    makes the variant diverged). ``sd`` is the sample standard deviation (0 for one seed)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    diverged = len(values) - len(finite)
+    if not finite or diverged:
+        return {"n": len(values), "diverged": diverged, "mean": None, "sd": None, "min": None, "max": None,
+                "values": values}
+    return {"n": len(finite), "diverged": 0, "mean": statistics.fmean(finite),
+            "sd": statistics.stdev(finite) if len(finite) > 1 else 0.0, "min": min(finite), "max": max(finite),
+            "values": finite}
+
+
+def separated(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
+    """Whether two variants' means differ by more than their seed spreads (``|mean_a - mean_b| > sd_a + sd_b``);
+    None where it cannot be told (fewer than 2 seeds, or a diverged variant)."""
+    if a["mean"] is None or b["mean"] is None or min(a["n"], b["n"]) < 2:
+        return None
+    return abs(a["mean"] - b["mean"]) > a["sd"] + b["sd"]
+
+
+def pair_verdicts(title: str, present: list[tuple[str, str]], seeds: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence per pair of a group's variants: which is better, by how much, and whether that exceeds the
+    seed-to-seed spread."""
+    out = []
+    for i, (name_a, label_a) in enumerate(present):
+        for name_b, label_b in present[i + 1:]:
+            a, b = seeds[name_a], seeds[name_b]
+            if a["mean"] is None or b["mean"] is None:
+                bad = [label for label, agg in ((label_a, a), (label_b, b)) if agg["mean"] is None]
+                out.append(f"{title}: {label_a} vs {label_b}: {' and '.join(bad)} diverged on "
+                           f"{'some seeds' if len(bad) == 1 else 'some seeds each'}; no spread to compare.")
+                continue
+            (better, good), (worse, bad) = sorted(((label_a, a), (label_b, b)), key=lambda x: x[1]["mean"])
+            verdict = separated(a, b)
+            how = ("larger than the seed spread" if verdict else
+                   "within the seed spread: not settled" if verdict is False else "with one seed: spread unknown")
+            out.append(f"{title}: {better} {good['mean']:.1f} ± {good['sd']:.1f} vs {worse} {bad['mean']:.1f} ± "
+                       f"{bad['sd']:.1f}: {better} better by {bad['mean'] - good['mean']:.1f}, {how}.")
+    return out
+
+
+def by_variant(results: dict[str, dict[str, Any]], groups: list[str], seeds: int) -> dict[str, dict[str, Any]]:
+    """The runs of each variant's seeds merged: the first seed's summary, with ``best_valid_ppl`` the seeds' mean,
+    ``seeds`` the aggregate (see :func:`aggregate`) and ``seed_runs`` every seed's summary."""
+    merged: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        for name, *_ in ABLATIONS[group][1]:
+            runs = [results[r] for r in (seed_run_name(name, s) for s in range(1, seeds + 1)) if r in results]
+            if not runs or name in merged:
+                continue
+            agg = aggregate([score(r) if math.isfinite(score(r)) else None for r in runs])
+            first = dict(runs[0])
+            diverged = next((r["diverged"] for r in runs if r.get("diverged")), None)
+            first.update(best_valid_ppl=agg["mean"], diverged=diverged, seeds=agg, seed_runs=runs,
+                         epochs=statistics.fmean(r["epochs"] for r in runs),
+                         tokens_per_s=statistics.fmean(r["tokens_per_s"] or 0.0 for r in runs) or None)
+            merged[name] = first
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -325,7 +405,10 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, figures, verdicts = [], [], []
+    seeds = getattr(args, "seeds", 1)
+    runs = results
+    results = by_variant(runs, groups, seeds)
+    rows, figures, verdicts, bars = [], [], [], []
     for group in groups:
         title, variants = ABLATIONS[group]
         present = [(n, label, paper) for n, label, _, paper in variants if n in results]
@@ -337,14 +420,37 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
             where = re.search(r"\(update \d+", r.get("diverged") or "")
             ppl = (f"diverged{' at ' + where.group(0)[1:] if where else ''}" if r.get("diverged")
                    else fmt(r["best_valid_ppl"]))
+            agg = r["seeds"]
+            if agg["n"] > 1 and agg["mean"] is not None:
+                ppl = f"{agg['mean']:,.1f} ± {agg['sd']:,.1f}"
+            spread = (f"{agg['n']}: {fmt(agg['min'])}-{fmt(agg['max'])}" if agg["mean"] is not None and agg["n"] > 1
+                      else f"{agg['n']}" + (f" ({agg['diverged']} diverged)" if agg["diverged"] else ""))
             rows.append([title, label, ppl, str(rank), f"{r['epochs']:.2f}", f"{minutes:.1f}",
-                         f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "n/a", paper or "-"])
+                         f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "n/a", paper or "-", spread])
         figures.append((title, [(label, results[n]["valid_curve_minutes_ppl"]) for n, label, _ in present]))
+        bars.append((title, [(label, results[n]["seeds"]) for n, label, _ in present]))
         verdicts.append(ranking_verdict(title, present, results))
+        if seeds > 1:
+            verdicts.extend(pair_verdicts(title, [(n, label) for n, label, _ in present],
+                                          {n: results[n]["seeds"] for n, _, _ in present}))
     table = common.markdown_table(
-        ["ablation", "variant", "best valid ppl", "rank", "epochs", "minutes", "train tokens/s", "paper (test ppl)"],
+        ["ablation", "variant", "best valid ppl" + (" (mean ± sd)" if seeds > 1 else ""), "rank", "epochs",
+         "minutes", "train tokens/s", "paper (test ppl)", "seeds" + (" (range)" if seeds > 1 else "")],
         rows)
-    fig, axes = plt.subplots(1, len(figures), figsize=(5 * len(figures), 4.2), squeeze=False)
+    rows_of_plots = 2 if seeds > 1 else 1
+    fig, axes = plt.subplots(rows_of_plots, len(figures), figsize=(5 * len(figures), 4.2 * rows_of_plots),
+                             squeeze=False)
+    if seeds > 1:  # error bars: each variant's mean ± sd, every seed a dot
+        for ax, (title, variants) in zip(axes[1], bars):
+            for x, (label, agg) in enumerate(variants):
+                if agg["mean"] is None:
+                    continue
+                ax.errorbar([x], [agg["mean"]], yerr=[agg["sd"]], fmt="o", capsize=4)
+                ax.plot([x] * len(agg["values"]), agg["values"], ".", color="grey", alpha=0.7)
+            ax.set_xticks(range(len(variants)), [label for label, _ in variants], rotation=20, fontsize=8)
+            ax.set_ylabel(f"best valid ppl, mean ± sd of {seeds} seeds")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
     for ax, (title, series) in zip(axes[0], figures):
         for label, points in series:
             if points:
@@ -366,7 +472,13 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
         "of its group. The paper's numbers are test perplexities of full-size models trained for days on "
         "WikiText-103 or Google Billion Word: compare rankings, not values.",
     ] + [f"Paper, {ABLATIONS[g][0]}: {PAPER_NOTE[g]}." for g in groups] + [v for v in verdicts if v]
-    notes.append("One seed per variant: differences of a few percent may be run-to-run noise (not measured here).")
+    if seeds > 1:
+        notes.append(f"{seeds} seeds per variant (train.seed 1..{seeds}: initialisation, data order, dropout); ± is "
+                     "the sample standard deviation over the seeds, 'seeds' gives their range. A pair's difference "
+                     "'exceeds the seed spread' when |mean_a - mean_b| > sd_a + sd_b; the curves in the first row "
+                     "are seed 1's.")
+    else:
+        notes.append("One seed per variant: differences of a few percent may be run-to-run noise (not measured here).")
     if "context" in groups:
         from gcnn import build_model
         from gcnn.train import build_config, resolve_model_config
@@ -377,8 +489,9 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
                      "how many positions of each block see a full window, so this group cannot show returns beyond "
                      f"{field} tokens; the paper's claim is about models that see up to ~50.")
     optimiser = "the paper's optimiser" if args.base == "paper" else "AdamW"
-    result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each, {optimiser}",
-                  updates=args.updates, base=args.base,
+    seeded = f", {seeds} seeds" if seeds > 1 else ""
+    result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each{seeded}, {optimiser}",
+                  updates=args.updates, base=args.base, seeds=seeds,
                   threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table, notes=notes)
     common.write_report("quality-ablations" + ("" if args.base == "paper" else f"-{args.base}"), result, fig,
                         args.out_dir)
@@ -411,6 +524,8 @@ def main() -> None:
                         "one core here); the cosine decays over it")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2, one per core here)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="ablations: train every variant with seeds 1..N and report mean ± spread (default: 1)")
     parser.add_argument("--only", nargs="+", default=None,
                         help="recipe: model names (gcnn lstm transformer); ablations: groups (" +
                         " ".join(ABLATIONS) + ")")
@@ -428,7 +543,9 @@ def main() -> None:
     if args.kind == "recipe" and args.updates:
         parser.error("--updates is for ablations: the recipe comparison's budget is --minutes of wall-clock")
     args.updates = 0 if args.kind == "recipe" else (args.updates or 300)
-    common.check_positive(parser, args, "jobs", "threads")
+    common.check_positive(parser, args, "jobs", "threads", "seeds")
+    if args.kind == "recipe" and args.seeds != 1:
+        parser.error("--seeds is for ablations")
     if args.kind == "recipe":
         jobs = recipe_jobs()
         names = args.only or [j.name for j in jobs]
@@ -441,7 +558,7 @@ def main() -> None:
         unknown = set(groups) - set(ABLATIONS)
         if unknown:
             parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {' '.join(ABLATIONS)}")
-        jobs = ablation_jobs(groups, args.base)
+        jobs = ablation_jobs(groups, args.base, args.seeds)
     args.kind_dir = args.kind if args.kind == "recipe" or args.base == "paper" else f"ablations-{args.base}"
     # the runs set their own threads (a train key); this process only orchestrates
     head = common.start(argparse.Namespace(threads=None, note=args.note, smoke=False))

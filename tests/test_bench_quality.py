@@ -113,3 +113,56 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     report = json.loads(next((tmp_path / "out").glob("*-quality-recipe.json")).read_text())
     assert "| 115.0 |" in report["table_markdown"] and "does not reach the target of test perplexity 100: 115.0" in \
         " ".join(report["notes"])
+
+
+def test_seed_aggregation_and_pair_verdicts(bq):
+    agg = bq.aggregate([100.0, 102.0, 104.0])
+    assert agg["n"] == 3 and agg["mean"] == 102.0 and agg["sd"] == 2.0 and (agg["min"], agg["max"]) == (100.0, 104.0)
+    assert bq.aggregate([100.0])["sd"] == 0.0
+    diverged = bq.aggregate([100.0, None, 104.0])
+    assert diverged["mean"] is None and diverged["diverged"] == 1
+    far, near = bq.aggregate([110.0, 111.0, 112.0]), bq.aggregate([103.0, 104.0, 105.0])
+    assert bq.separated(agg, far) is True  # 8 apart, spreads 2 + 1
+    assert bq.separated(agg, near) is False  # 2 apart, spreads 2 + 1
+    assert bq.separated(agg, bq.aggregate([200.0])) is None and bq.separated(agg, diverged) is None
+    verdicts = bq.pair_verdicts("Gates", [("a", "GLU"), ("b", "ReLU"), ("c", "GTU"), ("d", "Tanh")],
+                                {"a": agg, "b": far, "c": near, "d": diverged})
+    assert len(verdicts) == 6
+    assert verdicts[0] == "Gates: GLU 102.0 ± 2.0 vs ReLU 111.0 ± 1.0: GLU better by 9.0, larger than the seed spread."
+    assert verdicts[1].endswith("GLU better by 2.0, within the seed spread: not settled.")
+    assert verdicts[3].startswith("Gates: GTU 104.0 ± 1.0 vs ReLU 111.0 ± 1.0: GTU better by 7.0, larger")
+    assert "Tanh diverged" in verdicts[2]
+
+
+def test_seeded_ablations_report_means_spreads_and_error_bars(bq, tmp_path):
+    jobs = bq.ablation_jobs(["gates"], "paper", seeds=3)
+    assert [j.name for j in jobs[:3]] == ["glu", "glu-seed2", "glu-seed3"]
+    assert jobs[1].sets == ["seed=2"] and jobs[1].variant == "glu" and jobs[4].sets == ["model.gate=gtu", "seed=2"]
+    for job in jobs:  # each seed is a valid run of the base with its one change and its seed
+        config = build_config(recipe=job.recipe, sets=job.sets, flags={"data": "d", "out": "o"})
+        assert config.seed == job.seed
+    runs = tmp_path / "runs"
+    finals = {"glu": [200.0, 204.0, 202.0], "gtu": [240.0, 250.0, 245.0], "relu": [203.0, 199.0, 207.0],
+              "tanh": [400.0, 380.0, 390.0]}
+    for name, values in finals.items():
+        for seed, final in enumerate(values, 1):
+            fake_run(runs / "ablations" / bq.seed_run_name(name, seed), [(1.0, 900.0), (2.0, final)])
+    args = argparse.Namespace(runs=runs, kind="ablations", kind_dir="ablations", base="paper", report=True,
+                              force=False, minutes=20.0, updates=1500, threads=1, jobs=2, seeds=3,
+                              out_dir=tmp_path / "out")
+    results = bq.run_all(jobs, runs / "wikitext-2", args, test=False)
+    assert len(results) == 12
+    head = {"date": "d", "machine": {"logical_cores": 2, "cpu": "c", "torch": "t", "torch_threads": 1,
+                                     "commit": "0" * 40, "load_average_1m_at_start": 0.0}, "command": "c"}
+    bq.report_ablations(results, ["gates"], head, args)
+    report = json.loads(next((tmp_path / "out").glob("*-quality-ablations.json")).read_text())
+    rows = {line.split(" | ")[1]: line for line in report["table_markdown"].splitlines()[2:]}
+    assert "(mean ± sd)" in report["table_markdown"].splitlines()[0]
+    assert " | 202.0 ± 2.0 | 1 | " in rows["GLU"] and rows["GLU"].endswith("| 3: 200.0-204.0 |")
+    assert " | 203.0 ± 4.0 | 2 | " in rows["ReLU"] and " | 390.0 ± 10.0 | 4 | " in rows["Tanh"]
+    notes = " ".join(report["notes"])
+    assert "GLU 202.0 ± 2.0 vs ReLU 203.0 ± 4.0: GLU better by 1.0, within the seed spread: not settled." in notes
+    assert "GLU 202.0 ± 2.0 vs GTU 245.0 ± 5.0: GLU better by 43.0, larger than the seed spread." in notes
+    assert "3 seeds per variant" in notes and "One seed per variant" not in notes
+    assert report["runs"]["glu"]["seeds"]["values"] == [200.0, 204.0, 202.0]
+    assert next((tmp_path / "out").glob("*-quality-ablations.png")).read_bytes()[:4] == b"\x89PNG"

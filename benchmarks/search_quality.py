@@ -19,7 +19,9 @@ search can be stopped and continued; each trial's run folder is ``RUNS/trial-NNN
 
 Reports: ``benchmarks/results/DATE-quality-search.{json,md,png}`` (every trial: settings, proxy validation
 perplexity, pruned or not) and ``DATE-quality-search-final.*`` (the final runs' validation and test perplexity and
-their learning curves).
+their learning curves). ``--final`` also writes ``RUNS/best-recipe.toml``: the base recipe with the settings of the
+final run of best *validation* perplexity (the test split plays no part in the choice), the GCNN recipe that
+``benchmarks/run_quality_hour.sh`` takes to the hour.
 """
 
 from __future__ import annotations
@@ -332,7 +334,48 @@ def run_final(args: argparse.Namespace, head: dict[str, Any]) -> Path:
             print(f"[final {row['number']}] {settings_text(settings)}: {args.final_minutes:g} minutes", file=sys.stderr)
             train(config, quiet=True)
         finals.append(summarize_final(run, row, args))
+    best = min(finals, key=lambda f: f["best_valid_ppl"] if f["best_valid_ppl"] is not None else math.inf)
+    path = write_recipe(args, _settings(next(r for r in chosen if r["number"] == best["trial"])), cutoffs,
+                        args.runs / "best-recipe.toml", trial=best["trial"])
+    print(f"search_quality: the best final run by validation is trial {best['trial']}: {path}", file=sys.stderr)
     return report_final(finals, args, head)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML value for the plain data of a recipe (strings, booleans, numbers, lists, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def write_recipe(args: argparse.Namespace, settings: dict[str, Any], cutoffs: list[int], path: Path, *,
+                 trial: int) -> Path:
+    """The base recipe's [train] table with the trial's settings, and the trial's whole [model] table."""
+    from gcnn.train import load_recipe
+
+    base = load_recipe(args.base)
+    train_table = dict(base["train"])
+    from gcnn.train.config import parse_set
+
+    for item in [*args.set, *train_sets(settings)]:
+        _, key, value = parse_set(item)
+        train_table[key] = value
+    train_table["valid_every"] = args.final_valid_every
+    train_table["max_minutes"] = args.final_minutes
+    lines = [f"# Trial {trial} of the search in {_rel(args.runs)} (benchmarks/search_quality.py), chosen among the "
+             "final runs by validation perplexity.", f"# Base recipe: {_rel(args.base)}.", "", "[model]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in model_table(settings, cutoffs).items()]
+    lines += ["", "[train]"] + [f"{k} = {toml_value(v)}" for k, v in train_table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _settings(row: dict[str, Any]) -> dict[str, Any]:

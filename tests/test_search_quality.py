@@ -86,5 +86,14 @@ def test_search_prunes_and_reports_every_trial_then_final_reads_test_once(sq, pr
     assert calls == ["test"] * len(final["finals"])
     for f in final["finals"]:
         assert f["stop_reason"] == "max_minutes" and f["test"]["perplexity"] > 1
+    from gcnn.train import build_config, resolve_model_config
+
+    best = min(final["finals"], key=lambda f: f["best_valid_ppl"])  # chosen by validation, not test
+    recipe = runs / "best-recipe.toml"
+    assert f"Trial {best['trial']} " in recipe.read_text()
+    config = build_config(recipe=recipe, flags={"data": str(prepared), "out": str(tmp_path / "o")})
+    model = resolve_model_config(config.model, 64)
+    assert config.lr == best["settings"]["lr"] and config.max_minutes == 0.05 and config.valid_every == 3
+    assert model.embed_dim == best["settings"]["embed_dim"] and len(model.blocks) == 1 + best["settings"]["depth"]
     sq.main(final_args)  # finished runs are reused and their test result is cached: the test split is not read again
     assert calls == ["test"] * len(final["finals"])

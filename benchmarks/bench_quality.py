@@ -61,9 +61,12 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------------------ the comparisons
-def recipe_jobs() -> list[Job]:
+def recipe_jobs(gcnn_recipe: Path | None = None) -> list[Job]:
+    """The comparison's three runs; ``gcnn_recipe`` replaces the GCNN's (e.g. the search's best-recipe.toml)."""
+    gcnn = Path(gcnn_recipe) if gcnn_recipe is not None else CONFIGS / "wikitext2-cpu.toml"
+    shown = f"configs/{gcnn.name}" if gcnn.parent.resolve() == CONFIGS.resolve() else str(gcnn)
     return [
-        Job("gcnn", "GCNN (configs/wikitext2-cpu.toml)", CONFIGS / "wikitext2-cpu.toml"),
+        Job("gcnn", f"GCNN ({shown})", gcnn),
         Job("lstm", "LSTM (configs/wikitext2-lstm-cpu.toml)", CONFIGS / "wikitext2-lstm-cpu.toml"),
         Job("transformer", "Transformer (configs/wikitext2-transformer-cpu.toml)",
             CONFIGS / "wikitext2-transformer-cpu.toml"),
@@ -366,11 +369,14 @@ def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dic
         ["model", "architecture", "parameters", "started", "train tokens/s", "epochs", "best valid ppl", "test ppl"],
         rows)
     gcnn = results.get("gcnn", {}).get("test", {}).get("perplexity")
+    sharing = ("each while another run of the same length used the other core (see when each started), so every "
+               "model gets the same budget and the same share of the CPU" if args.jobs > 1 else
+               "one run at a time (nothing else of the benchmark running beside it), so every model gets the same "
+               "budget and the whole machine")
     notes = [
         f"Each run trains for {args.minutes:g} minutes of wall-clock (validation included) with {args.threads} "
         f"torch thread{'s' if args.threads != 1 else ''} on this {head['machine']['logical_cores']}-core machine, "
-        "each while another run of the same length used the other core (see when each started), so every model "
-        "gets the same budget and the same share of the CPU. Test perplexity: `gcnn eval RUN --data runs/quality/wikitext-2 --split test` on the best "
+        f"{sharing}. Test perplexity: `gcnn eval RUN --data runs/quality/wikitext-2 --split test` on the best "
         "checkpoint by validation (stream mode: every test token scored once with the model's full context).",
     ]
     if gcnn is not None:
@@ -529,6 +535,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None,
                         help="recipe: model names (gcnn lstm transformer); ablations: groups (" +
                         " ".join(ABLATIONS) + ")")
+    parser.add_argument("--gcnn-recipe", type=Path, default=None,
+                        help="recipe: the GCNN's recipe (default: configs/wikitext2-cpu.toml), e.g. the search's "
+                        "runs/search/best-recipe.toml")
     parser.add_argument("--base", choices=list(ABLATION_BASES), default="paper",
                         help="ablations: the base recipe's optimiser, the paper's (configs/wikitext2-ablation.toml, "
                         "default) or AdamW (configs/wikitext2-ablation-adamw.toml)")
@@ -547,7 +556,7 @@ def main() -> None:
     if args.kind == "recipe" and args.seeds != 1:
         parser.error("--seeds is for ablations")
     if args.kind == "recipe":
-        jobs = recipe_jobs()
+        jobs = recipe_jobs(args.gcnn_recipe)
         names = args.only or [j.name for j in jobs]
         unknown = set(names) - {j.name for j in jobs}
         if unknown:

@@ -113,6 +113,7 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     report = json.loads(next((tmp_path / "out").glob("*-quality-recipe.json")).read_text())
     assert "| 115.0 |" in report["table_markdown"] and "does not reach the target of test perplexity 100: 115.0" in \
         " ".join(report["notes"])
+    assert "one run at a time" in report["notes"][0]  # --jobs 1: each run had the machine
 
 
 def test_seed_aggregation_and_pair_verdicts(bq):
@@ -166,3 +167,29 @@ def test_seeded_ablations_report_means_spreads_and_error_bars(bq, tmp_path):
     assert "3 seeds per variant" in notes and "One seed per variant" not in notes
     assert report["runs"]["glu"]["seeds"]["values"] == [200.0, 204.0, 202.0]
     assert next((tmp_path / "out").glob("*-quality-ablations.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_quality_hour_runs_the_three_runs_one_at_a_time_with_both_cores(bq, tmp_path):
+    """The script's commands, through a stand-in Python that records them (the hour-long runs are not tests)."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    fake.chmod(0o755)
+    script = BENCHMARKS / "run_quality_hour.sh"
+    env = dict(os.environ, PYTHON=str(fake), ALLOW_LOAD="1", OUT_DIR=str(tmp_path / "out"),
+               GCNN_RECIPE="configs/wikitext2-cpu.toml")
+    subprocess.run([str(script)], env=env, check=True, capture_output=True)
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1  # make_docs only when the reports go to benchmarks/results
+    assert calls[0].startswith("benchmarks/bench_quality.py recipe --jobs 1 --threads 2 --minutes 60 --gcnn-recipe "
+                               "configs/wikitext2-cpu.toml --runs runs/quality-hour")
+    bad = subprocess.run([str(script)], env=dict(env, GCNN_RECIPE=str(tmp_path / "none.toml")), capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "no recipe" in bad.stderr
+    # the GCNN job takes the recipe given, and the report says the runs did not share the machine
+    jobs = bq.recipe_jobs(tmp_path / "best-recipe.toml")
+    assert jobs[0].recipe == tmp_path / "best-recipe.toml" and str(tmp_path) in jobs[0].label
+    assert [j.name for j in jobs] == ["gcnn", "lstm", "transformer"]

@@ -72,8 +72,34 @@ SECTIONS = [
     (
         "quality-recipe",
         "7. WikiText-2 in an hour: the CPU recipe against the LSTM and Transformer baselines",
-        "`configs/wikitext2-cpu.toml` and the two baselines' recipes, each trained for the same wall-clock budget "
-        "on the same machine by `gcnn train`, then scored on the test split by `gcnn eval`.",
+        "`configs/wikitext2-cpu.toml` (or the search's best recipe) and the two baselines' recipes, each trained for "
+        "the same wall-clock budget on the same machine by `gcnn train`, then scored on the test split by `gcnn "
+        "eval`. `benchmarks/run_quality_hour.sh` runs the three one after another with both cores each (2 threads), "
+        "on a quiet machine only, and regenerates this page; the report below says how its runs were made (side by "
+        "side with one thread each, or one at a time).",
+    ),
+    (
+        "quality-search",
+        "7b. The hyper-parameter search: every trial",
+        "`benchmarks/search_quality.py`: Optuna's TPE sampler with Hyperband (or successive-halving) pruning over "
+        "short proxy runs from `configs/wikitext2-cpu.toml`: width, depth, kernel, dilation, bottleneck blocks, the "
+        "embedding (a table, adaptive input, adaptive input tied to the adaptive softmax), dropout, word dropout, "
+        "weight decay and learning rate. Only the validation split is read; the table lists every trial with its "
+        "settings, proxy validation perplexity and whether it was pruned.",
+    ),
+    (
+        "quality-search-final",
+        "7c. The search's best recipes at the full budget",
+        "`benchmarks/search_quality.py --final N`: the N best finished trials trained again for the full budget, "
+        "the test split read once per recipe; the one of best validation perplexity becomes "
+        "`runs/search/best-recipe.toml`, the GCNN recipe of `run_quality_hour.sh`.",
+    ),
+    (
+        "quality-sentences",
+        "7d. A sentence-level corpus of a million words",
+        "`benchmarks/wikitext2_sentences.py`: WikiText-2's lines split into sentences (1M training words, a "
+        "10,000-token vocabulary, `gcnn prepare --format sentences`), trained with `configs/sentences-cpu.toml` "
+        "(early stopping on validation) and scored sentence by sentence on the test split.",
     ),
     (
         "quality-ablations",
@@ -101,7 +127,11 @@ RUN_ALL = [
     "bench_memory.py",
     "bench_fastpath.py",
     "bench_quality.py recipe",
-    "bench_quality.py ablations",
+    "search_quality.py --trials 40 --proxy-minutes 8",
+    "search_quality.py --final 3 --final-minutes 60 --threads 2",
+    "run_quality_hour.sh   # needs a quiet machine",
+    "wikitext2_sentences.py",
+    "bench_quality.py ablations --seeds 3 --updates 1500",
     "bench_quality.py ablations --base adamw",
     "make_docs.py",
 ]
@@ -150,7 +180,7 @@ def render(results: Path = common.RESULTS) -> str:
         "times its contenders in turns (round-robin) so that load changes hit them alike, and reports medians and "
         "ratios measured in the same run.\n",
         "All of them, then this page (each report says how long its run took):\n\n```bash\n"
-        + "\n".join(f"python benchmarks/{script}" for script in RUN_ALL)
+        + "\n".join(("" if ".sh" in script.split()[0] else "python ") + f"benchmarks/{script}" for script in RUN_ALL)
         + "\n```\n",
     ]
     parts += [section(name, heading, intro, results) for name, heading, intro in SECTIONS]

@@ -4,7 +4,7 @@ to ``--jobs`` at once), so what is reported is what a user of the recipes gets.
 
     python benchmarks/bench_quality.py recipe              # configs/wikitext2-*.toml, 60 minutes each, test ppl
     python benchmarks/bench_quality.py ablations           # gates, gating, weight norm, clipping, context (300 updates)
-    python benchmarks/bench_quality.py ablations --seeds 3 --updates 1500   # 3 seeds each, ~3 epochs: the spread
+    python benchmarks/bench_quality.py ablations --seeds 3 --updates 1500 --minutes 60   # 3 seeds, ~3 epochs
     python benchmarks/bench_quality.py recipe --report     # redraw the report from the finished run folders
 
 Run folders go under ``runs/quality/`` (``--runs``); a finished run is reused, not retrained (``--force`` retrains),

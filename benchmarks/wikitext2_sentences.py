@@ -111,7 +111,7 @@ def report(args: argparse.Namespace, run: Path, stats: dict, head: dict) -> Path
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     train_ppl = [(r["time"] / 60, r["ppl"]) for r in records if r.get("kind") == "train"]
     table = common.markdown_table(
-        ["corpus", "train sentences / words", "vocabulary", "parameters", "epochs", "minutes", "stopped by",
+        ["corpus", "train sentences / words", "vocabulary", "parameters", "epochs", "training minutes", "stopped by",
          "best valid ppl", "test ppl"],
         [["WikiText-2 sentences", f"{stats['train']['sentences']:,} / {stats['train']['words']:,}",
           f"{info['data']['vocab_size']:,}", f"{info['parameters']:,}", f"{info['epochs']:.2f}",
@@ -119,10 +119,12 @@ def report(args: argparse.Namespace, run: Path, stats: dict, head: dict) -> Path
           f"{test['perplexity']:.1f}"]])
     budget = info["train_config"]["max_minutes"]
     notes = [
-        f"`{common.REPO.name}/configs/{args.recipe.name}` on WikiText-2 split into sentences (valid "
+        f"`configs/{args.recipe.name}` (run started {info['started']}) on WikiText-2 split into sentences (valid "
         f"{stats['valid']['sentences']:,} sentences, test {stats['test']['sentences']:,}), each scored as an "
         "independent sentence (`<s> ... </s>`, the `</s>` counted, `<s>` never predicted), with "
-        f"{args.threads} torch thread{'s' if args.threads != 1 else ''} for {budget:g} minutes at most.",
+        f"{args.threads} torch thread{'s' if args.threads != 1 else ''} for {budget:g} minutes at most (training "
+        "minutes leave out the validations). Test perplexity: `gcnn eval RUN --split test` on the best checkpoint "
+        "by validation, read once.",
         f"Stopped by {info['stop_reason']}" + (f": {info['stop_detail']}" if info.get("stop_detail") else "") + ".",
     ]
     if budget < 60:
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only redraw the report from the finished run")
     parser.add_argument("--force", action="store_true", help="rebuild the corpus and the prepared folder")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS)
     parser.add_argument("--note", default="")
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"corpus: {json.dumps(stats)}; prepared: {data}", file=sys.stderr)
     if args.build_only:
         return
-    run = train_and_test(args, data)
+    run = args.runs / "run" if args.report else train_and_test(args, data)
     report(args, run, stats, head)
 
 

@@ -130,7 +130,7 @@ def report(args: argparse.Namespace, run: Path, stats: dict, head: dict) -> Path
     if budget < 60:
         notes.append(f"A short-budget figure ({budget:g} minutes, on a machine shared with other work): the "
                      "recipe's own budget is longer, and this run says what it reaches in this time, not at its end.")
-    figure = curve_plot("Sentence-level WikiText-2: validation (o) and training perplexity", [
+    figure = curve_plot("Sentence-level WikiText-2: validation and training perplexity", [
         ("validation", summary["valid_curve_minutes_ppl"]), ("training (dropout on)", train_ppl)])
     result = dict(head, title="A sentence-level corpus of ~1M words: configs/sentences-cpu.toml", corpus=stats,
                   run=summary, test=test, stop_reason=info["stop_reason"], stop_detail=info.get("stop_detail"),

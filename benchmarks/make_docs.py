@@ -128,12 +128,20 @@ early stopping and plateau decay on validation (`train.early_stop_patience`, `tr
 error bars (`bench_quality.py ablations --seeds 3`), the sentence recipe (`configs/sentences-cpu.toml`) and one
 command for the three hour-long runs (`benchmarks/run_quality_hour.sh`).
 
+Measured this session, on the shared machine: the sentence recipe for 9 minutes with one thread (section 7d: test
+perplexity 159.0 after 0.53 epochs, a short-budget figure); a pipeline check of the search on WikiText-2 (section 7b:
+4 trials of 1.5 minutes, which shows the trials, the pruning and the table work with the new options, not which
+settings are best); and what the embedding options save: gcnn-small on WikiText-2's 33,278 words has 8,862,176
+parameters with its table embedding, 5,305,936 with adaptive input and 3,921,776 with adaptive input tied to the
+adaptive softmax (`gcnn.build_model("gcnn-small", vocab_size=33278, adaptive_input=True, tie_embeddings=True)
+.num_parameters()`).
+
 Not measured yet, because it needs a quiet machine for hours (the session that built these shared the 2 cores with
 five others, load average about 8): the search on WikiText-2 with 8-minute proxies and its final runs, the three
 60-minute runs with 2 threads each, and the ablations with 3 seeds at 1,500 updates (about 3 epochs; 14 variants x 3
-seeds x ~20 minutes = about 14 hours of one core). Until they are run, section 7 shows the earlier hour (one thread per run, two runs side by side,
-GCNN test perplexity 127.9), and the sentence corpus's figure (7d) is a short-budget one. To measure, on a quiet
-machine, in this order:
+seeds x ~20 minutes = about 14 hours of one core). Until they are run, section 7 shows the earlier hour (one thread
+per run, two runs side by side, GCNN test perplexity 127.9) and sections 8 and 8b the single-seed ablations of 300
+updates. To measure, on a quiet machine, in this order:
 
 ```bash
 python benchmarks/search_quality.py --trials 40 --proxy-minutes 8 --threads 2      # at most 5 h 20 min, less pruned

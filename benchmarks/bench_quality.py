@@ -174,8 +174,8 @@ def pair_verdicts(title: str, present: list[tuple[str, str]], seeds: dict[str, d
             verdict = separated(a, b)
             how = ("larger than the seed spread" if verdict else
                    "within the seed spread: not settled" if verdict is False else "with one seed: spread unknown")
-            out.append(f"{title}: {better} {good['mean']:.1f} ± {good['sd']:.1f} vs {worse} {bad['mean']:.1f} ± "
-                       f"{bad['sd']:.1f}: {better} better by {bad['mean'] - good['mean']:.1f}, {how}.")
+            out.append(f"{title}: {better} {fmt(good['mean'])} ± {fmt(good['sd'])} vs {worse} {fmt(bad['mean'])} ± "
+                       f"{fmt(bad['sd'])}: {better} better by {fmt(bad['mean'] - good['mean'])}, {how}.")
     return out
 
 
@@ -352,7 +352,10 @@ def score(result: dict[str, Any]) -> float:
 
 
 def fmt(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:,.1f}"
+    """A perplexity for a table: one decimal, or powers of ten for the astronomic values of a blown-up run."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.1f}" if abs(value) < 1e7 else f"{value:.2e}"
 
 
 def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dict[str, Any],
@@ -428,7 +431,7 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
                    else fmt(r["best_valid_ppl"]))
             agg = r["seeds"]
             if agg["n"] > 1 and agg["mean"] is not None:
-                ppl = f"{agg['mean']:,.1f} ± {agg['sd']:,.1f}"
+                ppl = f"{fmt(agg['mean'])} ± {fmt(agg['sd'])}"
             spread = (f"{agg['n']}: {fmt(agg['min'])}-{fmt(agg['max'])}" if agg["mean"] is not None and agg["n"] > 1
                       else f"{agg['n']}" + (f" ({agg['diverged']} diverged)" if agg["diverged"] else ""))
             rows.append([title, label, ppl, str(rank), f"{r['epochs']:.2f}", f"{minutes:.1f}",

@@ -133,6 +133,11 @@ def test_seed_aggregation_and_pair_verdicts(bq):
     assert verdicts[1].endswith("GLU better by 2.0, within the seed spread: not settled.")
     assert verdicts[3].startswith("Gates: GTU 104.0 ± 1.0 vs ReLU 111.0 ± 1.0: GTU better by 7.0, larger")
     assert "Tanh diverged" in verdicts[2]
+    # a run that blew up without diverging (a finite but astronomic perplexity) is written in powers of ten
+    huge = bq.aggregate([6.4e203, 1.2e205])
+    assert bq.fmt(huge["mean"]) == "6.32e+204" and bq.fmt(1234567.0) == "1,234,567.0"
+    assert bq.pair_verdicts("G", [("a", "ReLU"), ("b", "x")], {"a": far, "b": huge}) == [
+        "G: ReLU 111.0 ± 1.0 vs x 6.32e+204 ± 8.03e+204: ReLU better by 6.32e+204, within the seed spread: not settled."]
 
 
 def test_seeded_ablations_report_means_spreads_and_error_bars(bq, tmp_path):

@@ -9,6 +9,7 @@ The package's front door; each name lives in its own layer (docs/architecture.md
     gcnn.score_texts(model, model.vocab, ["To be , or not to be"])
     gcnn.generate_text(model, model.vocab, ["The meaning of"], max_tokens=20, top_k=40, seed=1)
     gcnn.save_pretrained(model, "models/wt2")                     # vocabulary optional
+    scorer = gcnn.Scorer(model); scorer.advance([scorer.start()], [7])  # beam-search states (docs/asr.md)
 """
 
 from gcnn.architectures import build_model, config_from_file, get_config, list_architectures
@@ -20,6 +21,7 @@ from gcnn.evaluate import evaluate_split, score_texts
 from gcnn.io import load, save_pretrained
 from gcnn.lm import IGNORE_INDEX, LanguageModel, LMOutput
 from gcnn.model import GatedConvLM
+from gcnn.scorer import Scorer
 from gcnn.version import __version__
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "get_config",
     "list_architectures",
     "load",
+    "Scorer",
     "save_pretrained",
     "score_texts",
 ]

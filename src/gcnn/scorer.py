@@ -259,9 +259,18 @@ class Scorer:
         index = torch.as_tensor(list(tokens), dtype=torch.long, device=lp.device).view(-1, 1)
         return lp.gather(1, index).squeeze(1)
 
+    def log_prob(self, state: State, token: int) -> float:
+        """log p(token | state) for one state (the decoders' one-call-per-word interfaces)."""
+        entry = self._cache.get(state.tokens)
+        if entry is not None:
+            self._cache.move_to_end(state.tokens)
+            self.stats["hits"] += 1
+            return float(entry.log_probs[token])
+        return float(self.log_probs([state])[0, token])
+
     def end_score(self, state: State) -> float:
         """log p(</s> | state): the cost of ending the sentence here."""
-        return float(self.log_probs([state])[0, self.eos_id])
+        return self.log_prob(state, self.eos_id)
 
     # ---------------------------------------------------------------------------------------------- the cache
     def clear(self) -> None:

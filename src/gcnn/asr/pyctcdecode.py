@@ -20,14 +20,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-_log = logging.getLogger("pyctcdecode.language_model")
-_level = _log.level
-_log.setLevel(logging.ERROR)  # its "kenlm is not installed" warning is not about this language model
+# pyctcdecode warns at import that kenlm is not installed: not about this language model, so not shown
+_logs = [logging.getLogger(f"pyctcdecode.{name}") for name in ("decoder", "language_model")]
+_levels = [log.level for log in _logs]
+for _log in _logs:
+    _log.setLevel(logging.ERROR)
 try:
     from pyctcdecode.constants import AVG_TOKEN_LEN, DEFAULT_ALPHA, DEFAULT_BETA
     from pyctcdecode.language_model import AbstractLanguageModel
 finally:
-    _log.setLevel(_level)
+    for _log, _level in zip(_logs, _levels):
+        _log.setLevel(_level)
 
 from gcnn.asr.common import DEFAULT_UNK_OFFSET, check_weight, prefixes, word_id, word_scorer
 from gcnn.lm import LanguageModel

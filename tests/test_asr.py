@@ -131,9 +131,9 @@ def test_both_decoders_decode_with_the_lm_and_it_lowers_errors(tiny_lm):
         e = np.ascontiguousarray(e, dtype=np.float32)
         return decoder.decode(e.ctypes.data, e.shape[0], e.shape[1])[0]
 
-    # flashlight, lexicon: words are the model's vocabulary ids
+    # flashlight, lexicon: words are the model's vocabulary ids, spelled with their letters and the separator
     lm = GcnnFlashlightLM(model)
-    spellings = {w: [synth.INDEX[c] for c in w] for w in vocab.itos if w not in ("<s>", "</s>", "<unk>")}
+    spellings = {w: [synth.INDEX[c] for c in w] + [1] for w in vocab.itos if w not in ("<s>", "</s>", "<unk>")}
     trie = lexicon_trie(lm, spellings, len(synth.LABELS), 1)
     hyps = []
     for weight in (0.0, 1.0):

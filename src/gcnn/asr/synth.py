@@ -38,8 +38,11 @@ def emissions(
     confusion: float = 0.15,
     weak: float = 0.04,
     noise: float = 1.0,
+    final_separator: bool = True,
 ) -> np.ndarray:
-    """(frames, len(LABELS)) float32 CTC log-posteriors for ``sentence`` (normalized text: words of LABELS)."""
+    """(frames, len(LABELS)) float32 CTC log-posteriors for ``sentence`` (normalized text: words of LABELS). With
+    ``final_separator`` the last word ends with the separator too, as every word does in the letter lexicons of
+    wav2letter's acoustic models (spellings "c a t |")."""
     frames: list[np.ndarray] = []
     size = len(LABELS)
 
@@ -50,7 +53,7 @@ def emissions(
         frames.append(logits)
 
     previous = None
-    for char in sentence.strip():
+    for char in sentence.strip() + (SEPARATOR if final_separator else ""):
         if char not in INDEX:
             raise ValueError(f"{char!r} is not one of the synthetic labels (normalize the text first)")
         true = INDEX[char]

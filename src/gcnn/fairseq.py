@@ -2,7 +2,8 @@
 
 A fairseq checkpoint is a pickle holding the training options (``args``, or ``cfg["model"]`` in newer fairseq) and
 the weights (``model``, keys ``decoder.*``). It is read with ``torch.load(weights_only=True)``, which rebuilds only
-tensors and plain containers, with ``argparse.Namespace`` as the one extra class allowed: no code from the file runs.
+tensors and plain containers, with ``argparse.Namespace``, numpy scalars and placeholders for fairseq's training meters
+as the only extra classes allowed: no code from the file runs.
 
 What fairseq's ``FConvDecoder`` computes (time-major, T x B x C), and where each piece goes in gcnn:
 
@@ -17,6 +18,12 @@ What fairseq's ``FConvDecoder`` computes (time-major, T x B x C), and where each
 * ``adaptive_softmax`` (head: ``cutoff[0]`` words then one entry per cluster; tails: ``Linear(d, d / 4^(i+1))``,
   ``Linear(., cluster size)``) -> ``softmax``; or ``fc2`` then ``fc3`` (two linear maps) folded into one full softmax.
 * ``DICT.txt``: ``word count`` lines; fairseq puts ``<s>``, ``<pad>``, ``</s>``, ``<unk>`` at ids 0-3 before them.
+  wav2letter's ConvLM ``.vocab`` files (``<fairseq_style>``, the specials, one word per line) are read too.
+
+Checkpoints of fairseq 0.5-0.9 carry training meters (``fairseq.meters.AverageMeter`` and kin) in
+``extra_state["train_meters"]``: they are unpickled as :class:`FairseqMeter` placeholders. A stale
+``_linearized_weight`` entry of a convolution (an inference cache some versions saved) is dropped, as fairseq does.
+wav2letter's word-level ConvLMs for Librispeech and WSJ are such fairseq checkpoints.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq's Dictionary ids 0..3
 OVERWRITE_FLAG = "#fairseq:overwrite"
+WAV2LETTER_HEADER = "<fairseq_style>"  # first line of wav2letter's ConvLM .vocab files (in the place of <s>)
 # fairseq's registered fconv_lm architectures, for checkpoints whose options leave the layer spec at its default
 ARCH_LAYERS = {
     "fconv_lm": "[(1268, 4)] * 13",
@@ -64,8 +72,32 @@ RECIPE_OPTIONS = (
     "lr", "momentum", "clip_norm", "weight_decay", "lr_scheduler", "lr_shrink", "dropout", "adaptive_softmax_cutoff",
     "adaptive_softmax_dropout", "max_epoch", "max_update", "seed", "fp16",
 )
+
+
+class FairseqMeter:
+    """Stands in for the training meters fairseq 0.5-0.9 pickles into ``extra_state["train_meters"]``
+    (``fairseq.meters.AverageMeter``, ``TimeMeter``, ``StopwatchMeter``; ``fairseq.logging.meters`` from 0.10): the
+    unpickler builds one of these instead, holding the meter's fields as a plain dict. No fairseq code is needed or
+    run, and the meters are not used (they are training statistics)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.fields = dict(state) if isinstance(state, dict) else {"state": state}
+
+    def __repr__(self) -> str:
+        return f"FairseqMeter({self.fields!r})"
+
+
+METER_NAMES = tuple(
+    f"{module}.{name}"
+    for module in ("fairseq.meters", "fairseq.logging.meters")
+    for name in ("AverageMeter", "TimeMeter", "StopwatchMeter")
+)
 # what fairseq checkpoints hold besides tensors and containers; none of these runs code when unpickled
 _SAFE_GLOBALS: list[Any] = [
+    *((FairseqMeter, name) for name in METER_NAMES),
     argparse.Namespace,
     numpy.dtype,
     numpy_multiarray.scalar,
@@ -187,7 +219,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
         raise CheckpointError(
             f"{path}: refused to unpickle a {refused.group(1)} object; only tensors, plain containers, "
-            "argparse.Namespace and numpy scalars are read, so that no code from the file runs"
+            "argparse.Namespace, numpy scalars and fairseq's training meters (as placeholders) are read, so that "
+            "no code from the file runs"
         ) from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated?): {exc}") from None
@@ -197,7 +230,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def read_dictionary(path: str | Path) -> Vocabulary:
-    """fairseq's ``dict.txt`` as a gcnn vocabulary: ``<s> <pad> </s> <unk>`` at ids 0-3, then the file's words.
+    """A fairseq model's vocabulary as a gcnn vocabulary: ``<s> <pad> </s> <unk>`` at ids 0-3, then the file's words.
+    Two formats are read (told apart by the first line):
+
+    * fairseq's ``dict.txt`` (also wav2letter's ``.dict``): ``word count`` lines, the four specials implied;
+    * wav2letter's ``.vocab`` (written by their ConvLM conversion recipe for the Librispeech and WSJ ConvLMs): a
+      first line ``<fairseq_style>``, then ``<pad>``, ``</s>``, ``<unk>``, then one word per line (dict.txt's first
+      column), so that line i is id i.
 
     fairseq's language-modeling task feeds ``</s>`` as the context before a text's first word, so it is also the
     vocabulary's begin-of-sentence token.
@@ -209,6 +248,8 @@ def read_dictionary(path: str | Path) -> Vocabulary:
         raise DataError(f"{path}: dictionary not found") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc})") from None
+    if lines and lines[0].strip() == WAV2LETTER_HEADER:
+        return _wav2letter_vocab(path, lines)
     words, counts = list(SPECIALS), [0] * len(SPECIALS)
     seen = {w: 0 for w in SPECIALS}
     for number, line in enumerate(lines, start=1):
@@ -222,12 +263,38 @@ def read_dictionary(path: str | Path) -> Vocabulary:
     return Vocabulary(words, unk="<unk>", eos="</s>", bos="</s>", counts=counts)
 
 
+def _wav2letter_vocab(path: Path, lines: list[str]) -> Vocabulary:
+    """wav2letter's ``.vocab``: ``<fairseq_style>``, ``<pad>``, ``</s>``, ``<unk>``, then a word per line."""
+    for number, expected in enumerate(SPECIALS[1:], start=2):
+        if number > len(lines) or lines[number - 1].strip() != expected:
+            got = lines[number - 1] if number <= len(lines) else "the end of the file"
+            raise DataError(
+                f"{path}, line {number}: a wav2letter vocabulary (first line {WAV2LETTER_HEADER}) has "
+                f"{', '.join(SPECIALS[1:])} on lines 2-4; got {got!r}"
+            )
+    words = list(SPECIALS)
+    seen = {w: 0 for w in SPECIALS}
+    for number, line in enumerate(lines[4:], start=5):
+        word = line.strip()
+        if not word or len(word.split()) != 1:
+            raise DataError(f"{path}, line {number}: expected one word per line, got {line!r}")
+        if word in seen:
+            where = f"line {seen[word]}" if seen[word] else "the special symbols"
+            raise DataError(f"{path}, line {number}: {word!r} is already in the vocabulary ({where})")
+        seen[word] = number
+        words.append(word)
+    return Vocabulary(words, unk="<unk>", eos="</s>", bos="</s>")
+
+
 def _dictionary_line(path: Path, number: int, line: str) -> tuple[str, int]:
     parts = line.rstrip().rsplit(" ", 1)
     if len(parts) == 2 and parts[1] == OVERWRITE_FLAG:
         raise DataError(f"{path}, line {number}: {OVERWRITE_FLAG} entries (a word listed twice) are not supported")
     if len(parts) != 2 or not parts[0] or not parts[1].isdigit():
-        raise DataError(f"{path}, line {number}: expected '<word> <count>', got {line!r}")
+        raise DataError(
+            f"{path}, line {number}: expected '<word> <count>' (fairseq dict.txt), got {line!r}; a wav2letter "
+            f".vocab starts with a line {WAV2LETTER_HEADER}"
+        )
     return parts[0], int(parts[1])
 
 
@@ -297,6 +364,8 @@ def _check_options(options: dict[str, Any], path: str | Path) -> None:
 def _decoder_state(model_state: Mapping[str, Any], path: str | Path) -> dict[str, Tensor]:
     prefix = "decoder."
     state = {k[len(prefix):]: v for k, v in model_state.items() if isinstance(k, str) and k.startswith(prefix)}
+    # LinearizedConvolution's cached inference weight, saved by some old fairseq versions: fairseq drops it on load
+    state = {k: v for k, v in state.items() if not k.endswith("._linearized_weight")}
     if "embed_tokens.weight" not in state:
         raise CheckpointError(f"{path}: no decoder.embed_tokens.weight: not a fairseq language model")
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]

@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "score": "score",
+    "rescore": "rescore",
     "generate": "generate",
     "export": "export",
     "import-fairseq": "import_fairseq",

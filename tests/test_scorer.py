@@ -169,3 +169,15 @@ def test_vocabulary_defaults_and_bad_arguments():
         Scorer(model, start_id=0, eos_id=1, cache_mb=-1)
     with pytest.raises(ConfigError, match="outside the model's vocabulary"):
         Scorer(model, start_id=0, eos_id=V + 5)
+
+
+def test_a_gcnn_prepared_by_the_runtime_scores_the_same():
+    from gcnn import runtime
+
+    model = build("gcnn")
+    fast = runtime.optimize(build("gcnn"), "fp32")
+    scorer = Scorer(fast, start_id=START, eos_id=EOS)
+    rng = random.Random(4)
+    for children, histories, log_probs in random_beam(scorer, rng, steps=9, width=3):
+        for i in (0, len(children) - 1):
+            assert torch.allclose(log_probs[i], full_pass(model, histories[i]), atol=1e-4)

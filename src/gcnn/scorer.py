@@ -24,6 +24,10 @@ for all of them, so a new GCNN state costs one step over k inputs per convolutio
 state whose entry was evicted is recomputed from its tokens (for a GCNN at most ``receptive_field`` tokens), so the
 bound on memory never changes a score. Log-probabilities are natural logs in float32, equal to a full forward pass
 over the history (tests/test_scorer.py).
+
+On a CPU, give the scorer a GCNN prepared by ``gcnn.runtime.optimize(model, "fp32")`` (or ``"bf16"``): a step is
+then one matrix product per convolution over its window of k inputs, several times faster than ``F.conv1d`` on a
+one-frame input, with the same scores up to float rounding.
 """
 
 from __future__ import annotations
@@ -310,7 +314,8 @@ class Scorer:
             else:
                 fresh.setdefault(len(state.tokens), []).append(state)
         out: dict[State, Tensor] = {}
-        with inference(self.model):
+        # a model already in eval mode needs only inference mode (model.eval() walks every module at each call)
+        with inference(self.model) if self.model.training else torch.inference_mode():
             for group in steps.values():
                 self.stats["steps"] += len(group)
                 rows = torch.stack([entry.row for _, entry in group])

@@ -13,7 +13,10 @@ beam step   B hypotheses (1, 16, 128, 750), each advanced by one token, with its
                                 batching of cached rows, storing each new state's row and distribution);
               gcnn re-run 49    re-running a 49-token history per hypothesis (what flashlight's ConvLM does);
               lstm incremental  one step of an LSTM of about the GCNN's parameter count over its (h, c) states;
-              lstm Scorer       the LSTM through gcnn.Scorer.advance.
+              lstm Scorer       the LSTM through gcnn.Scorer.advance;
+              lstm same step weights   an LSTM whose recurrent weights are as many as the GCNN's convolution
+                                weights (the total-parameter match is narrow: its parameters are mostly the
+                                embedding), incremental.
             Each also "state only" (the hidden states, no output distribution) for the raw model contenders.
             GCNN: gcnn-small's shape (embed 128, 6 x [4, 256]) with gcnn.runtime.optimize(model, "fp32") (a step
             is one matrix product per convolution over its window of k inputs; plain F.conv1d on a 1-frame input
@@ -87,21 +90,36 @@ def small_gcnn(vocab: int, smoke: bool) -> gcnn.LanguageModel:
     )
 
 
+def lstm_of_width(vocab: int, width: int, cutoffs: tuple[int, ...]) -> LSTMLM:
+    return LSTMLM(LSTMConfig(vocab, embed_dim=width, hidden_dim=width, num_layers=2, dropout=0.0,
+                             adaptive_cutoffs=cutoffs))
+
+
 def matching_lstm(vocab: int, target: int, cutoffs: tuple[int, ...]) -> LSTMLM:
-    def build(width: int) -> LSTMLM:
-        return LSTMLM(LSTMConfig(vocab, embed_dim=width, hidden_dim=width, num_layers=2, dropout=0.0,
-                                 adaptive_cutoffs=cutoffs))
-
-    return build(closest_width(build, range(8, 2049, 8), target))
+    """The 2-layer LSTM whose total parameter count is closest to ``target`` (benchmarks/models.py's rule)."""
+    return lstm_of_width(vocab, closest_width(lambda w: lstm_of_width(vocab, w, cutoffs), range(8, 2049, 8), target),
+                         cutoffs)
 
 
-def beam_contenders(gcnn_model, lstm_model, beam: int, rng: torch.Generator) -> dict[str, Callable[[], Any]]:
+def step_weights(model) -> int:
+    """Weights one step reads besides the embedding row and the output layer (the recurrence, the convolutions)."""
+    skip = {id(p) for p in model.embed.parameters()} | {id(p) for p in model.softmax.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def step_matched_lstm(vocab: int, target: int, cutoffs: tuple[int, ...]) -> LSTMLM:
+    """The 2-layer LSTM whose step weights (recurrence) are closest to ``target`` (the GCNN's convolutions)."""
+    width = min(range(8, 2049, 8), key=lambda w: abs(8 * w * w - target))  # 2 layers x 4 gates x (w x 2w)
+    return lstm_of_width(vocab, width, cutoffs)
+
+
+def beam_contenders(gcnn_model, lstm_model, wide_lstm, beam: int, rng: torch.Generator) -> dict[str, Callable[[], Any]]:
     """name -> a function doing one beam step for ``beam`` hypotheses (state prepared here, untimed)."""
     vocab = gcnn_model.vocab_size
     history = torch.randint(0, vocab, (beam, HISTORY), generator=rng)
     step = torch.randint(0, vocab, (beam, 1), generator=rng)
     out: dict[str, Callable[[], Any]] = {}
-    for name, model in (("gcnn", gcnn_model), ("lstm", lstm_model)):
+    for name, model in (("gcnn", gcnn_model), ("lstm", lstm_model), ("lstm same step weights", wide_lstm)):
         cache = model.new_cache(beam)
         with torch.inference_mode():
             model.hidden_states(history, cache)
@@ -123,6 +141,8 @@ def beam_contenders(gcnn_model, lstm_model, beam: int, rng: torch.Generator) -> 
 
         out[f"{name} incremental"] = incremental
         out[f"{name} incremental, state only"] = incremental_state
+        if model is wide_lstm:
+            continue
         # the Scorer: parents cached (their histories advanced once, untimed), children new at every call
         scorer = gcnn.Scorer(model, start_id=0, eos_id=1, cache_mb=8192)
         states = [scorer.start()] * beam
@@ -146,12 +166,12 @@ def beam_contenders(gcnn_model, lstm_model, beam: int, rng: torch.Generator) -> 
     return out
 
 
-def beam_step(gcnn_model, lstm_model, beams, repeats) -> dict[str, Any]:
+def beam_step(gcnn_model, lstm_model, wide_lstm, beams, repeats) -> dict[str, Any]:
     rng = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {}
     with torch.inference_mode():
         for beam in beams:
-            contenders = beam_contenders(gcnn_model, lstm_model, beam, rng)
+            contenders = beam_contenders(gcnn_model, lstm_model, wide_lstm, beam, rng)
             seconds: dict[str, list[float]] = {name: [] for name in contenders}
             for name, fn in contenders.items():  # untimed warm-up
                 fn()
@@ -227,8 +247,9 @@ def main() -> int:
     torch.manual_seed(0)
     g = small_gcnn(vocab, args.smoke).eval()
     lstm = matching_lstm(vocab, g.num_parameters(), g.config.adaptive_cutoffs).eval()
+    wide = step_matched_lstm(vocab, step_weights(g), g.config.adaptive_cutoffs).eval()
     runtime.optimize(g, "fp32")  # gcnn's inference kernels: a step is one matrix product over each window of k inputs
-    steps = beam_step(g, lstm, beams, args.repeats)
+    steps = beam_step(g, lstm, wide, beams, args.repeats)
     gen = batch_one(vocab, args.smoke, args.repeats, 8 if args.smoke else args.new_tokens,
                     (16 << 20) if args.smoke else (1 << 30))
 
@@ -238,6 +259,10 @@ def main() -> int:
     scorer_speedup = big["gcnn re-run 49"]["seconds"] / big["gcnn Scorer"]["seconds"]
     vs_lstm = big["lstm incremental"]["seconds"] / big["gcnn incremental"]["seconds"]
     vs_lstm_scorer = big["lstm Scorer"]["seconds"] / big["gcnn Scorer"]["seconds"]
+    vs_wide = big["lstm same step weights incremental"]["seconds"] / big["gcnn incremental"]["seconds"]
+    vs_lstm_state = big["lstm incremental, state only"]["seconds"] / big["gcnn incremental, state only"]["seconds"]
+    vs_wide_state = (big["lstm same step weights incremental, state only"]["seconds"]
+                     / big["gcnn incremental, state only"]["seconds"])
     names = list(big)
     rows = [[b] + [f"{steps[str(b)][n]['us_per_hypothesis']:,.1f}" for n in names] for b in beams]
     gen_rows = [[d, f"{m['weight_bytes_per_token'] / 1e6:,.1f}", f"{m['bound_tokens_per_s']:,.1f}",
@@ -249,7 +274,10 @@ def main() -> int:
                   "new_tokens": args.new_tokens},
         models={"gcnn": {"description": g.config.describe(), "parameters": g.num_parameters(),
                          "receptive_field": g.receptive_field},
-                "lstm": {"description": lstm.config.describe(), "parameters": lstm.num_parameters()}},
+                "lstm": {"description": lstm.config.describe(), "parameters": lstm.num_parameters(),
+                         "step_weights": step_weights(lstm)},
+                "lstm same step weights": {"description": wide.config.describe(), "parameters": wide.num_parameters(),
+                                           "step_weights": step_weights(wide)}},
         beam_step=steps,
         generation=gen,
         targets={
@@ -258,6 +286,9 @@ def main() -> int:
             "rerun_over_scorer": scorer_speedup,
             "lstm_over_gcnn_incremental": vs_lstm,
             "lstm_scorer_over_gcnn_scorer": vs_lstm_scorer,
+            "lstm_over_gcnn_state_only": vs_lstm_state,
+            "same_step_weights_lstm_over_gcnn_incremental": vs_wide,
+            "same_step_weights_lstm_over_gcnn_state_only": vs_wide_state,
             "bf16_bound_over_measured": gen["modes"]["bf16"]["bound_over_measured"],
             "int8_over_bf16_bound": gen["int8_over_bf16_bound"],
         },
@@ -270,13 +301,18 @@ def main() -> int:
                                      "bound / measured"], gen_rows)
         ),
         notes=[
-            f"GCNN {g.config.describe()} ({g.num_parameters():,} parameters, receptive field {g.receptive_field}); "
-            f"LSTM {lstm.config.describe()} ({lstm.num_parameters():,} parameters); vocabulary {vocab:,}, adaptive "
+            f"GCNN {g.config.describe()} ({g.num_parameters():,} parameters, {step_weights(g):,} of them in the "
+            f"convolutions, receptive field {g.receptive_field}); LSTM {lstm.config.describe()} "
+            f"({lstm.num_parameters():,} parameters, the closest total; {step_weights(lstm):,} in the recurrence); "
+            f"'lstm same step weights': {wide.config.describe()} ({step_weights(wide):,} recurrent weights, as many "
+            f"as the GCNN's convolutions; {wide.num_parameters():,} parameters); vocabulary {vocab:,}, adaptive "
             "softmax; random weights; fp32; every contender but 'state only' computes the full next-token "
             "log-distribution of each hypothesis.",
             f"At B = {beams[-1]}: the 49-token re-run takes {speedup:.1f}x the time of gcnn's incremental step "
             f"({speedup_state:.1f}x state only, {scorer_speedup:.1f}x through the Scorer; target >= 10x); the LSTM's "
-            f"step takes {vs_lstm:.2f}x gcnn's ({vs_lstm_scorer:.2f}x through the Scorer; target > 1).",
+            f"step takes {vs_lstm:.2f}x gcnn's ({vs_lstm_scorer:.2f}x through the Scorer, {vs_lstm_state:.2f}x state "
+            f"only; target > 1); the LSTM with as many step weights as the GCNN's convolutions takes {vs_wide:.2f}x "
+            f"({vs_wide_state:.2f}x state only).",
             f"Batch 1: bf16 is {gen['modes']['bf16']['bound_over_measured']:.2f}x below its bound (target within "
             f"1.5x); int8 reaches {gen['int8_over_bf16_bound']:.2f}x the bf16 bound (target > 1). No new kernels "
             "in this issue: these are gcnn.runtime's kernels as they are (oneDNN bf16 "

@@ -63,8 +63,9 @@ class GcnnLanguageModel(AbstractLanguageModel):
 
     @property
     def order(self) -> int:
-        """The n-gram order pyctcdecode's history pruning keys on: the receptive field of a GCNN (in words)."""
-        return self.scorer.window or UNBOUNDED_ORDER
+        """The n-gram order pyctcdecode's history pruning keys on (it keeps order - 1 words of history): a GCNN's
+        next word depends on its last ``receptive_field`` tokens, so it is a (receptive_field + 1)-gram model."""
+        return self.scorer.window + 1 if self.scorer.window else UNBOUNDED_ORDER
 
     def get_start_state(self) -> State:
         return self.scorer.start()

@@ -109,8 +109,11 @@ def step_weights(model) -> int:
 
 def step_matched_lstm(vocab: int, target: int, cutoffs: tuple[int, ...]) -> LSTMLM:
     """The 2-layer LSTM whose step weights (recurrence) are closest to ``target`` (the GCNN's convolutions)."""
-    width = min(range(8, 2049, 8), key=lambda w: abs(8 * w * w - target))  # 2 layers x 4 gates x (w x 2w)
-    return lstm_of_width(vocab, width, cutoffs)
+    def distance(width: int) -> int:
+        with torch.device("meta"):
+            return abs(step_weights(lstm_of_width(vocab, width, cutoffs)) - target)
+
+    return lstm_of_width(vocab, min(range(8, 2049, 8), key=distance), cutoffs)
 
 
 def beam_contenders(gcnn_model, lstm_model, wide_lstm, beam: int, rng: torch.Generator) -> dict[str, Callable[[], Any]]:

@@ -251,10 +251,13 @@ class Scorer:
             else:
                 found[state] = None  # type: ignore[assignment]
                 missing.append(state)
-        if missing:
-            found.update(self._compute(missing))
         if not states:
             return torch.empty(0, self.vocab_size, device=self.device)
+        batches: list[Tensor] = []
+        if missing:
+            found.update(self._compute(missing, batches))
+            if len(batches) == 1 and len(missing) == len(states) and all(a is b for a, b in zip(missing, states)):
+                return batches[0]  # the common beam step: every state new, computed in one batch in this order
         return torch.stack([found[s] for s in states])
 
     def score(self, states: Sequence[State], tokens: Sequence[int]) -> Tensor:
@@ -300,7 +303,7 @@ class Scorer:
             self.stats["evicted"] += 1
 
     # ---------------------------------------------------------------------------------------------- computing
-    def _compute(self, states: list[State]) -> dict[State, Tensor]:
+    def _compute(self, states: list[State], batches: list[Tensor]) -> dict[State, Tensor]:
         """Log-distributions of states not in the cache: one incremental step from a cached parent where there is
         one (batched by group), else a forward pass over the state's tokens (batched by length)."""
         steps: dict[Any, list[tuple[State, _Entry]]] = {}
@@ -321,20 +324,25 @@ class Scorer:
                 rows = torch.stack([entry.row for _, entry in group])
                 cache = self.codec.unpack(rows, len(group[0][0].parent.tokens))
                 last = torch.tensor([[s.tokens[-1]] for s, _ in group], dtype=torch.long, device=self.device)
-                self._finish([s for s, _ in group], last, cache, out)
+                self._finish([s for s, _ in group], last, cache, out, batches)
             for length, group in fresh.items():
                 self.stats["recomputed"] += len(group)
                 tokens = torch.tensor([s.tokens for s in group], dtype=torch.long, device=self.device)
-                self._finish(group, tokens, self.model.new_cache(len(group)), out)
+                self._finish(group, tokens, self.model.new_cache(len(group)), out, batches)
         return out
 
-    def _finish(self, group: list[State], tokens: Tensor, cache: Any, out: dict[State, Tensor]) -> None:
+    def _finish(
+        self, group: list[State], tokens: Tensor, cache: Any, out: dict[State, Tensor], batches: list[Tensor]
+    ) -> None:
+        """Run the model over ``tokens`` with ``cache``; the group's log-distributions go to ``out`` (and their
+        batch to ``batches``), each state's row and distribution into the cache (own copies: an entry never keeps
+        a whole batch alive)."""
         log_probs = self.model.next_token_log_probs(tokens, positions=[-1], cache=cache)[:, 0].float()
+        batches.append(log_probs)
         rows = self.codec.pack(cache, len(group))
         for i, state in enumerate(group):
-            lp = log_probs[i].clone()
-            out[state] = lp
-            self._store(state.tokens, rows[i].clone(), lp)
+            out[state] = log_probs[i]
+            self._store(state.tokens, rows[i].clone(), log_probs[i].clone())
 
 
 def states_of(scorer: Scorer, histories: Iterable[Sequence[int]]) -> list[State]:

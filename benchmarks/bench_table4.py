@@ -234,12 +234,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 step_bytes = info["recurrent_bytes_per_step_fp32"]
                 if step_bytes is None:  # compute bound: achieved FLOP/s over the matmul peak
                     share = info["flops_per_token"] * rates["responsiveness"] / got["peak"]
-                    entry["fraction_of_matmul_peak"] = round(share, 3)
+                    entry["fraction_of_matmul_peak"] = float(f"{share:.4g}")
                     entry["bound"] = f"{share:.0%} of matmul peak"
                 else:  # the sequential steps read the recurrent weights once per token
                     step_bytes = step_bytes // (2 if precision == "bf16" else 1)
                     share = step_bytes * rates["responsiveness"] / got["bandwidth"]
-                    entry["fraction_of_read_bandwidth"] = round(share, 3)
+                    entry["fraction_of_read_bandwidth"] = float(f"{share:.4g}")
                     entry["bound"] = f"{share:.0%} of read bandwidth"
                 run["models"][name] = entry
             lstm = run["models"].get("lstm-2048")

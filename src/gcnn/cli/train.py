@@ -67,6 +67,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--list-keys", action="store_true", help="print every [train] key with its default and exit")
 
 
+def _load_base(run_dir: str):
+    """The run's saved config, to resume it; under torchrun a process other than rank 0 that cannot read it is on
+    a node that does not see the run folder."""
+    from gcnn.errors import CheckpointError
+    from gcnn.train import load_run_config
+
+    try:
+        return load_run_config(run_dir)
+    except CheckpointError as exc:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import socket
+
+            raise CheckpointError(
+                f"{exc} (rank {os.environ.get('RANK', '?')} on host {socket.gethostname()}): every node must see the "
+                f"run folder {run_dir} at the same path, on a file system they share (NFS, Lustre, ...); the other "
+                "processes stop when train.dist_timeout runs out"
+            ) from None
+        raise
+
+
 FLAG_KEYS = ("data", "arch", "out", "max_updates", "max_epochs", "max_minutes", "optimizer", "lr", "batch_size",
              "context", "accum_steps", "valid_every", "precision", "device", "seed")
 
@@ -81,10 +101,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError(f"{option('out')} RUN_DIR is required")
-    base = load_run_config(args.out) if args.resume else None
+    base = _load_base(args.out) if args.resume else None
     flags = {key: getattr(args, key) for key in FLAG_KEYS}
     config = build_config(recipe=args.recipe, sets=args.sets, flags=flags, base=base)
-    result = train(config, resume=args.resume, quiet=args.quiet)
+    from gcnn.train.distributed import restart_advice, restart_count
+
+    if os.environ.get("RANK", "0") == "0" and not restart_count() and (advice := restart_advice()):
+        print(f"gcnn train: warning: {advice}", file=sys.stderr)
+    # under torchrun --max-restarts, workers that torchrun restarted continue from the newest checkpoint
+    elastic = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0
+    resume: bool | str = args.resume or ("auto" if elastic else False)
+    result = train(config, resume=resume, quiet=args.quiet)
     code = EXIT_CODES.get(result.stop_reason, 0)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return code

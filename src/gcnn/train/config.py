@@ -76,6 +76,9 @@ class TrainConfig:
     Numerics: precision (``fp32``, ``bf16``, ``fp16``), device (``auto``, ``cpu``, ``cuda``), seed,
         max_bad_updates: stop after this many consecutive updates skipped for a non-finite loss or gradient.
         threads: CPU threads for torch's intra-op pool (0: torch's default, one per core).
+    Distributed (under torchrun): dist_timeout: seconds a process waits for the others (to join the process group,
+        in a collective, at a checkpoint barrier) before it stops with an error naming the lost peer; bounds the
+        hang when a node dies. Must exceed the longest checkpoint write or validation.
     Output: log_every (updates between metric lines), tensorboard (also write TensorBoard events if installed).
     """
 
@@ -110,6 +113,7 @@ class TrainConfig:
     seed: int = 1
     max_bad_updates: int = 5
     threads: int = 0
+    dist_timeout: float = 600.0
     log_every: int = 10
     tensorboard: bool = True
 
@@ -124,6 +128,8 @@ class TrainConfig:
         for name in ("momentum", "plateau_factor"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not (_is_number(self.dist_timeout) and self.dist_timeout > 0):
+            raise ConfigError(f"train.dist_timeout must be a number of seconds > 0, got {self.dist_timeout!r}")
         for name in ("weight_decay", "adam_eps", "clip_norm", "min_lr", "max_minutes", "min_delta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")

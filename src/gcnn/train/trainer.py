@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -101,12 +102,15 @@ class ValidationEvent:
 OnValidation = Callable[[ValidationEvent], Any]
 
 
-def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False, silent: bool = False,
+def train(config: TrainConfig, *, resume: bool | str = False, quiet: bool = False, silent: bool = False,
           on_validation: OnValidation | None = None) -> RunResult:
     """Train the model of ``config`` on its data into its run folder (``config.out``); see :class:`TrainConfig`.
 
-    ``resume`` continues from the newest checkpoint in the run folder. ``quiet`` replaces the progress bar by a log
-    line every ``log_every`` updates; ``silent`` prints nothing. Under ``torchrun`` every process calls this.
+    ``resume`` continues from the newest checkpoint in the run folder; ``"auto"`` does so if torchrun restarted
+    the workers (``TORCHELASTIC_RESTART_COUNT`` > 0 on any node) and the run folder holds a checkpoint (rank 0
+    decides for all), else starts afresh. ``quiet`` replaces the progress bar by a log line every ``log_every``
+    updates; ``silent`` prints nothing. Under ``torchrun`` every process calls this, and a process whose peers are
+    lost raises :class:`~gcnn.train.distributed.PeerLostError` within ``train.dist_timeout`` seconds.
 
     ``on_validation(event)`` is called after every scheduled validation (every ``valid_every`` updates and at each
     epoch end, not the final one) with a :class:`ValidationEvent`, after the checkpoint of that update is saved; a
@@ -114,14 +118,41 @@ def train(config: TrainConfig, *, resume: bool = False, quiet: bool = False, sil
     prunes a trial. Under ``torchrun`` the run stops if any process's callback says so.
     """
     config.validate()
-    ctx = distributed.setup(config.device)
+    ctx = distributed.setup(config.device, config.dist_timeout)
+    failed = False
     try:
+        if resume == "auto":  # a restart on any node (their counts differ) continues from the newest checkpoint
+            restarted = distributed.all_max(distributed.restart_count(), ctx) > 0
+            resume = restarted and bool(distributed.broadcast_from_main(
+                bool(ckpt.list_checkpoints(Path(config.out))) if ctx.is_main else None, ctx))
+            if resume and ctx.is_main and not silent:
+                print(f"gcnn train: torchrun restarted the workers: continuing from the newest checkpoint in "
+                      f"{config.out}", file=sys.stderr, flush=True)
         with _StopSignals() as signals, _run_folder(Path(config.out), ctx):
             trainer = Trainer(config, ctx, signals, resume=resume, quiet=quiet, silent=silent,
                               on_validation=on_validation)
             return trainer.run()
+    except distributed.PeerLostError:
+        failed = True
+        raise
+    except Exception as exc:
+        if ctx.enabled and not isinstance(exc, GcnnError) and distributed.lost_peer(exc):
+            failed = True
+            raise distributed.PeerLostError(
+                f"{distributed.whoami(ctx)}: lost contact with the other processes of the run "
+                f"({distributed.short_cause(exc)}); {_resume_hint(Path(config.out))}"
+            ) from None
+        raise
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, failed=failed)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    saved = ckpt.list_checkpoints(run_dir)
+    where = f"the last checkpoint is {saved[-1]}" if saved else "no checkpoint was saved yet"
+    return (f"another node or worker probably died (its own log says why) or the network failed; {where}: continue "
+            f"with `gcnn train --out {run_dir} --resume` (under torchrun as before; the number of nodes and "
+            "processes may change)")
 
 
 @contextlib.contextmanager
@@ -303,11 +334,50 @@ class Trainer:
         self.data.vocab.save(self.run_dir / VOCAB_FILE)
 
     def _load_checkpoint(self) -> ckpt.Checkpoint:
-        self._check_same_run(_read_run_file(self.run_dir / RUN_FILE))
-        loaded = ckpt.load_latest(self.run_dir)
-        if loaded.state.get("model_config") != self.model_config.to_dict():
-            raise CheckpointError(f"{loaded.path}: trained with a different model config than the one given")
+        """The checkpoint to resume from. Under torchrun rank 0 chooses it (the newest loadable one) and every
+        process loads that very folder, which it must see: the run folder is on a file system that every node sees
+        at the same path. Any process's failure stops them all, each with a message (no process waits for one that
+        gave up)."""
+        loaded, error = None, None
+        try:
+            self._check_same_run(_read_run_file(self.run_dir / RUN_FILE))
+            if self.ctx.is_main:
+                loaded = ckpt.load_latest(self.run_dir)
+                if loaded.state.get("model_config") != self.model_config.to_dict():
+                    raise CheckpointError(f"{loaded.path}: trained with a different model config than the one given")
+        except GcnnError as exc:
+            if not self.ctx.enabled:
+                raise
+            error = exc
+        name = distributed.broadcast_from_main(loaded.path.name if loaded is not None else None, self.ctx)
+        if not self.ctx.is_main and error is None and name is not None:
+            try:
+                loaded = ckpt.load_checkpoint(self._wait_for_checkpoint(self.run_dir / ckpt.CHECKPOINTS_DIR / name))
+            except GcnnError as exc:
+                error = exc
+        problems = distributed.gather_all(None if error is None else f"rank {self.ctx.rank}: {error}", self.ctx)
+        if error is not None:
+            raise error
+        for problem in problems:
+            if problem is not None:
+                raise CheckpointError(f"{distributed.whoami(self.ctx)}: not resuming, because {problem}")
         return loaded
+
+    def _wait_for_checkpoint(self, path: Path) -> Path:
+        """``path`` once this process sees it; a network file system may show a new folder a few seconds late."""
+        deadline = time.monotonic() + min(15.0, self.config.dist_timeout / 4)
+        while not path.is_dir():
+            if time.monotonic() > deadline:
+                root = path.parent
+                seen = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+                raise CheckpointError(
+                    f"{distributed.whoami(self.ctx)} cannot see {path}, the checkpoint rank 0 resumes from (here "
+                    f"{root} holds {', '.join(seen[-4:]) if seen else 'nothing'}): every node must see the run "
+                    f"folder {self.run_dir} at the same path, on a file system they share (NFS, Lustre, ...); "
+                    "mount it there on every node and resume again"
+                )
+            time.sleep(0.2)
+        return path
 
     def _restore(self, loaded: ckpt.Checkpoint) -> None:
         """Continue exactly where the checkpoint stopped: weights, optimizer, schedule, counters, RNG streams."""
@@ -367,6 +437,19 @@ class Trainer:
         self.progress.log(self._banner())
         groups = self._update_groups()
         try:
+            return self._loop(groups)
+        except GcnnError as exc:  # say so in run.json, which would otherwise still read "running"
+            if self.ctx.is_main:
+                with contextlib.suppress(OSError, GcnnError):  # a full disk may refuse this too
+                    self._write_run_file("failed", str(exc))
+            raise
+        finally:
+            self.progress.close()
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _loop(self, groups: Iterator[list[tuple[torch.Tensor, torch.Tensor]]]) -> RunResult:
+        try:
             while (reason := self._stop_reason()) is None:
                 group = next(groups)
                 self._train_update(group)
@@ -382,15 +465,13 @@ class Trainer:
                             update=self.update, epoch=self._epochs(), loss=loss, ppl=perplexity(loss),
                             best_ppl=perplexity(self.best_loss), seconds=self._run_seconds())))
             return self._finish(reason)
-        except GcnnError as exc:  # say so in run.json, which would otherwise still read "running"
-            if self.ctx.is_main:
-                with contextlib.suppress(OSError, GcnnError):  # a full disk may refuse this too
-                    self._write_run_file("failed", str(exc))
+        except Exception as exc:
+            if self.ctx.enabled and not isinstance(exc, GcnnError) and distributed.lost_peer(exc):
+                raise distributed.PeerLostError(
+                    f"{distributed.whoami(self.ctx)}: lost contact with the other processes of the run during update "
+                    f"{self.update + 1} ({distributed.short_cause(exc)}); {_resume_hint(self.run_dir)}"
+                ) from None
             raise
-        finally:
-            self.progress.close()
-            if self.metrics is not None:
-                self.metrics.close()
 
     def _update_groups(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """The micro-batches of each update in turn, epoch after epoch, from the current data position."""

@@ -54,3 +54,55 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     a = load_file(str(ckpt.list_checkpoints(one)[-1] / "model.safetensors"))
     b = load_file(str(ckpt.list_checkpoints(two)[-1] / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+# ------------------------------------------------------------------------------- bounded waits (fast, one process)
+def test_a_process_whose_peers_never_join_stops_within_dist_timeout(monkeypatch):
+    import socket
+    import time
+
+    import pytest
+    import torch.distributed as dist
+
+    from gcnn.train import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    start = time.monotonic()
+    with pytest.raises(distributed.PeerLostError) as err:
+        distributed.setup("cpu", timeout=1.5)
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert message.startswith("rank 0 of 2 on host ")
+    assert f"did not all join the process group at 127.0.0.1:{port} within train.dist_timeout = 1.5 s" in message
+    assert not dist.is_initialized()
+
+
+def test_dist_timeout_must_be_positive():
+    import pytest
+
+    from gcnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.dist_timeout must be a number of seconds > 0"):
+        build_config(sets=["dist_timeout=0"], flags={"data": "d", "out": "o", "max_updates": 1}).validate()
+    assert build_config(sets=["dist_timeout=20"], flags={"data": "d", "out": "o", "max_updates": 1}).dist_timeout == 20
+
+
+def test_backend_errors_are_recognised_and_shortened():
+    from gcnn.train.distributed import lost_peer, restart_advice, short_cause
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [10.1.1.2]:3: Connection "
+                        "reset by peer. This is typically caused by a remote worker hanging. GLHF!")
+    assert lost_peer(gloo) and not lost_peer(ValueError("connection")) and not lost_peer(RuntimeError("shape"))
+    assert short_cause(gloo) == "Read error [10.1.1.2]:3: Connection reset by peer"
+    several = {"GROUP_WORLD_SIZE": "2", "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in restart_advice(several)
+    assert restart_advice(dict(several, TORCHELASTIC_USE_AGENT_STORE="False")) is None  # the variable is set
+    assert restart_advice(dict(several, GROUP_WORLD_SIZE="1")) is None  # one node
+    assert restart_advice(dict(several, TORCHELASTIC_MAX_RESTARTS="0")) is None

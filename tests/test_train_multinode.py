@@ -112,14 +112,16 @@ class Nodes:
     def run_both(self, args: list[str], tmp: Path, *, restarts: int = 0, wrap_b: list[str] | None = None,
                  during=None, timeout: float = 240) -> dict[str, tuple[int, str]]:
         """Both nodes, to the end; ``during(self)`` runs while they train. Returns {node: (exit code, log)}."""
-        procs = {node: self.torchrun(node, args, restarts=restarts, log=tmp / f"node-{node}.log",
+        attempt = next(_names)
+        logs = {node: tmp / f"attempt{attempt}-node-{node}.log" for node in "ab"}
+        procs = {node: self.torchrun(node, args, restarts=restarts, log=logs[node],
                                      wrap=wrap_b if node == "b" else None) for node in "ab"}
         if during is not None:
             during(self)
         deadline = time.monotonic() + timeout
         for proc in procs.values():
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        return {node: (proc.returncode, (tmp / f"node-{node}.log").read_text()) for node, proc in procs.items()}
+        return {node: (proc.returncode, logs[node].read_text()) for node, proc in procs.items()}
 
 
 def _ip(*args: str) -> None:

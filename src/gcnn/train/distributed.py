@@ -115,6 +115,8 @@ def short_cause(exc: BaseException) -> str:
     line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
     if line.startswith("[") and "] " in line:  # "[../third_party/gloo/.../pair.cc:534] Connection closed by peer"
         line = line.split("] ", 1)[1]
+    if ". " in line:  # gloo appends advice ("This is typically caused by ...") to the cause
+        line = line.split(". ", 1)[0]
     return line[:300]
 
 

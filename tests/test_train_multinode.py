@@ -323,3 +323,32 @@ def test_resume_one_process_on_two_nodes_and_a_node_without_the_run_folder_is_re
     assert ckpt.load_latest(run).state["world_size"] == 2
     diff = assert_same_run(run, reference["sentence"])
     report("resume-1-to-2", seconds=round(seconds, 1), refused_seconds=round(refused_seconds, 1), max_weight_diff=diff)
+
+
+def test_network_cut_mid_run_survivor_stops_within_dist_timeout(nodes, corpora, tmp_path):
+    """A host that vanishes (no connection reset: its link goes down) costs at most train.dist_timeout seconds."""
+    run, cut = tmp_path / "run", []
+    timeout = 10
+
+    def cut_link(pair: Nodes) -> None:
+        target = run / ckpt.CHECKPOINTS_DIR / f"{ckpt.PREFIX}{4:08d}"
+        deadline = time.monotonic() + 180
+        while not target.is_dir():
+            assert time.monotonic() < deadline, f"{target} never appeared"
+            time.sleep(0.02)
+        _ip("-n", pair.ns["b"], "link", "set", "dev", pair.dev["b"], "down")
+        cut.append(time.monotonic())
+
+    args = cli_args(corpora["sentence"], run) + ["--set", f"dist_timeout={timeout}"]
+    node_a = nodes.torchrun("a", args, log=tmp_path / "node-a.log")
+    nodes.torchrun("b", args, log=tmp_path / "node-b.log")
+    cut_link(nodes)
+    node_a.wait(timeout=timeout + 60)
+    waited = time.monotonic() - cut[0]
+    log_a = (tmp_path / "node-a.log").read_text()
+    assert node_a.returncode != 0
+    assert "rank 0 of 2 on host" in log_a and "lost contact with the other processes of the run" in log_a, log_a[-3000:]
+    assert "the last checkpoint is" in log_a
+    assert ckpt.load_latest(run).state["update"] < UPDATES
+    assert waited < timeout + 45, waited
+    report("network-cut", dist_timeout=timeout, survivor_exit_seconds=round(waited, 1))

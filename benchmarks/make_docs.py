@@ -114,6 +114,14 @@ SECTIONS = [
         "Nesterov momentum), which trains much further in the same updates: a ranking that holds under both "
         "optimisers is less likely an artefact of a short run.",
     ),
+    (
+        "gpu",
+        "9. The GPU check (one CUDA GPU)",
+        "`benchmarks/gpu_check.sh` (`benchmarks/bench_gpu.py`, under 5 minutes): bf16 and fp16 training throughput "
+        "of GCNN-8 and GCNN-14 against the plain reference as a fraction of the GPU's measured matmul peak, the "
+        "paper's Table 4 GPU columns (GCNN-8B, GCNN-9, LSTM-2048), batch-1 generation and one DDP step over NCCL. "
+        "Its `--smoke` CPU fallback is run by tests/test_bench_gpu.py; the GPU run waits for a machine with a GPU.",
+    ),
 ]
 
 

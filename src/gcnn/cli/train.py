@@ -26,6 +26,11 @@ examples:
   torchrun --nproc_per_node 8 -m gcnn train --data data/wikitext-103 --config configs/wikitext103-paper.toml \\
       --out runs/wt103                                         # DistributedDataParallel on 8 GPUs
 
+Several machines: the same torchrun command on each (--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST0:PORT), the
+run folder on a file system every node sees. A lost process stops the others within --set dist_timeout=SECONDS
+(default 600) with a message naming the last checkpoint; with torchrun --max-restarts (and
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) restarted workers continue from the newest checkpoint by themselves.
+
 Ctrl-C, SIGTERM or SIGHUP (a closed terminal) finishes the current update, saves a checkpoint and exits
 (130 / 143 / 129); resume with --resume."""
 

@@ -14,7 +14,7 @@ Five parts, each timed with CUDA synchronisation, medians over the timed repeats
    responsiveness = one sequence of 15,000 tokens, for LSTM-2048, GCNN-9 and GCNN-8B (Google Billion Word's
    vocabulary of 793,471, Zipf ids), fp32 and bf16.
 4. Batch-1 generation: greedy continuation of one prompt by GCNN-8 with its incremental cache, tokens/s.
-5. One DDP step over NCCL (a process group of one on this GPU): the gradients DDP all-reduces equal those of the
+5. One DDP step over NCCL (a process group of one on this GPU, in a child process): the gradients DDP all-reduces equal those of the
    same step without DDP, and an all_reduce returns the sum.
 
 The --smoke run does all five on the CPU with tiny models (gloo instead of NCCL, fp32 matmul for the peak where the
@@ -25,7 +25,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -198,32 +203,55 @@ def generation(args, device: torch.device) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ 5. DDP step
 def ddp_step(args, device: torch.device) -> dict[str, Any]:
+    """In a child process (a process group, once made, stays in its process; and tearing one down right after a
+    collective can deadlock on the interpreter lock), which prints its result as JSON and exits at once."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--ddp-child", *(["--smoke"] if args.smoke else [])]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        return {"backend": "nccl" if device.type == "cuda" else "gloo", "ok": False, "error": "timed out after 180 s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        return {"backend": "nccl" if device.type == "cuda" else "gloo", "ok": False,
+                "error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    return json.loads(lines[-1])
+
+
+def ddp_child(args) -> None:
+    device = torch.device("cuda", 0) if not args.smoke else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    result = _ddp_step(args, device)
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # no teardown: the process group goes with the process
+
+
+def _ddp_step(args, device: torch.device) -> dict[str, Any]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = dist.TCPStore("127.0.0.1", port, 1, is_master=True)
     dist.init_process_group(backend, store=store, rank=0, world_size=1)
-    try:
-        arch, vocab = ("gcnn-tiny", 200) if args.smoke else ("gcnn-8", WT103_VOCAB)
-        torch.manual_seed(0)
-        plain = gcnn.build_model(arch, vocab_size=vocab, dropout=0.0).to(device)
-        wrapped = gcnn.build_model(arch, vocab_size=vocab, dropout=0.0).to(device)
-        wrapped.load_state_dict(plain.state_dict())
-        ddp = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-        ids = bench_table4.zipf_ids((4, 65), vocab, seed=4).to(device)
-        plain(ids[:, :-1], ids[:, 1:]).loss.backward()
-        seconds = timed(lambda: ddp(ids[:, :-1], ids[:, 1:]).loss.backward(), device)
-        grads = [(a.grad, b.grad) for a, b in zip(plain.parameters(), wrapped.parameters()) if a.grad is not None]
-        diff = max(float((a - b).abs().max()) for a, b in grads)
-        total = torch.ones(3, device=device) * 2
-        dist.all_reduce(total)
-        ok = diff < 1e-5 and total.tolist() == [2.0, 2.0, 2.0]
-        return {"backend": backend, "world_size": 1, "arch": arch, "step_seconds": round(seconds, 4),
-                "max_grad_diff_vs_plain": diff, "all_reduce_ok": total.tolist() == [2.0, 2.0, 2.0], "ok": ok}
-    finally:
-        dist.destroy_process_group()
+    arch, vocab = ("gcnn-tiny", 200) if args.smoke else ("gcnn-8", WT103_VOCAB)
+    torch.manual_seed(0)
+    plain = gcnn.build_model(arch, vocab_size=vocab, dropout=0.0).to(device)
+    wrapped = gcnn.build_model(arch, vocab_size=vocab, dropout=0.0).to(device)
+    wrapped.load_state_dict(plain.state_dict())
+    ddp = nn.parallel.DistributedDataParallel(
+        wrapped, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    ids = bench_table4.zipf_ids((4, 65), vocab, seed=4).to(device)
+    plain(ids[:, :-1], ids[:, 1:]).loss.backward()
+    seconds = timed(lambda: ddp(ids[:, :-1], ids[:, 1:]).loss.backward(), device)
+    grads = [(a.grad, b.grad) for a, b in zip(plain.parameters(), wrapped.parameters()) if a.grad is not None]
+    diff = max(float((a - b).abs().max()) for a, b in grads)
+    total = torch.ones(3, device=device) * 2
+    dist.all_reduce(total)
+    ok = diff < 1e-5 and total.tolist() == [2.0, 2.0, 2.0]
+    return {"backend": backend, "world_size": 1, "arch": arch, "step_seconds": round(seconds, 4),
+            "max_grad_diff_vs_plain": diff, "all_reduce_ok": total.tolist() == [2.0, 2.0, 2.0], "ok": ok}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -275,7 +303,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-precisions", nargs="+", choices=TRAIN_PRECISIONS, default=list(TRAIN_PRECISIONS))
     parser.add_argument("--table4-precisions", nargs="+", choices=TABLE4_PRECISIONS, default=list(TABLE4_PRECISIONS))
     common.add_common_arguments(parser, repeats=10)
+    parser.add_argument("--ddp-child", action="store_true", help=argparse.SUPPRESS)  # part 5, in its own process
     args = parser.parse_args(argv)
+    if args.ddp_child:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        ddp_child(args)
     common.check_positive(parser, args, "batch_size", "seq_len", "repeats", "gen_tokens", "peak_size")
     if args.warmup < 0:
         parser.error(f"--warmup must be at least 0, got {args.warmup}")

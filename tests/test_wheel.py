@@ -26,6 +26,11 @@ def test_the_wheel_installs_and_runs_the_demo_outside_the_repository(tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
     python, gcnn = venv / "bin" / "python", venv / "bin" / "gcnn"
+    if sys.prefix != sys.base_prefix:  # run from a venv: --system-site-packages does not see its packages; a .pth
+        import site                    # adds them after the new venv's own (their .pth files, gcnn's editable
+                                       # install among them, are not processed: gcnn still comes from the wheel)
+        target = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+        Path(target, "outer-venv.pth").write_text("".join(f"{d}\n" for d in site.getsitepackages()))
     run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)])
     work = tmp_path / "elsewhere"  # not the repository: no configs/ folder, no src/
     work.mkdir()

@@ -159,7 +159,8 @@ def tokenizer_json(vocab: Vocabulary) -> dict[str, Any]:
         "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": pre,
         "post_processor": post,
-        "decoder": None,  # tokens joined by spaces
+        # each word with the space before it: a continuation decoded alone appends to its prompt as text should
+        "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": _regex("^"), "content": " "}]},
         "model": {"type": "WordLevel", "vocab": dict(vocab.stoi), "unk_token": vocab.unk},
     }
 
@@ -175,7 +176,8 @@ def _bpe_tokenizer_json(vocab: Vocabulary, specials: list[str], post: dict[str, 
     model = dict(data["model"])
     model["vocab"] = {piece: vocab.stoi[piece] for piece in model["vocab"]}
     data["model"] = model
-    data["added_tokens"] = [dict(t, id=vocab.stoi[t["content"]]) for t in data.get("added_tokens", [])]
+    # gcnn normalizes the whole text and then finds the special tokens in it: so must this tokenizer (normalized)
+    data["added_tokens"] = [dict(t, id=vocab.stoi[t["content"]], normalized=True) for t in data.get("added_tokens", [])]
     normalizers: list[dict[str, Any]] = [
         {"type": "Replace", "pattern": _regex(f"[{python_class('space')}]+"), "content": " "},
         {"type": "Strip", "strip_left": True, "strip_right": True},

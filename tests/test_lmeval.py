@@ -1,15 +1,13 @@
 """lm-evaluation-harness on an exported folder, offline, with the local tasks of gcnn.lmeval_tasks: its
 word_perplexity is gcnn eval's with the same (disjoint) windows, and multiple-choice loglikelihoods are gcnn's."""
 
+import json
 import math
 import re
 
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("lm_eval")
-pytest.importorskip("transformers")
 
 import gcnn  # noqa: E402
 from gcnn.data.text import TextFile, unit_texts, word_tokenizer  # noqa: E402
@@ -33,6 +31,7 @@ def offline(monkeypatch):
 
 
 def exported(folder, arch="gcnn-tiny"):
+    pytest.importorskip("transformers")
     vocab = word_vocab()
     torch.manual_seed(0)
     model = gcnn.build_model(arch, vocab_size=len(vocab), adaptive_cutoffs=())
@@ -40,6 +39,8 @@ def exported(folder, arch="gcnn-tiny"):
 
 
 def evaluate(folder, task, **metadata):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("transformers")
     """lm-eval's Python API, as `lm_eval --model hf --model_args pretrained=FOLDER,trust_remote_code=True,
     add_bos_token=False --include_path TASKS_DIR --tasks TASK` runs it. add_bos_token=False: the tokenizer puts the
     start marker before a text by default (as gcnn generate conditions a prompt), and lm-eval adds its own prefix."""
@@ -104,3 +105,49 @@ def test_multiple_choice_loglikelihoods_are_gcnn_scores(tmp_path):
             expected = sum(float(lp[len(context) - 1 + j, t]) for j, t in enumerate(continuation))
             assert float(response[0]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert 0.0 <= results["results"]["gcnn_choice"]["acc,none"] <= 1.0
+
+
+def rolling_windows(tokens, prefix, max_len):
+    """lm-eval's loglikelihood_rolling windows (get_rolling_token_windows with context_len=1, then
+    make_disjoint_window), as (inputs, number of targets scored at the end)."""
+    first = min(max_len, len(tokens))
+    windows = [([prefix] + tokens[: first - 1], first)]
+    done = first
+    while done < len(tokens):
+        count = min(len(tokens) - done, max_len)
+        end = done + count
+        windows.append((tokens[end - max_len - 1 : end - 1], count))
+        done = end
+    return windows
+
+
+@pytest.mark.parametrize("n,window", [(1, 4), (4, 4), (9, 4), (23, 5), (24, 6), (30, 1)])
+def test_disjoint_windows_are_lm_evals(n, window):
+    from gcnn.evaluate import stream_windows
+
+    tokens = list(range(100, 100 + n))
+    z = [-1] + tokens[:-1]  # gcnn's stream: the start marker, then the tokens shifted by one
+    ours = [(z[begin:end], end - first) for begin, first, end in stream_windows(n, 1, window, align_last=True)]
+    assert ours == rolling_windows(tokens, -1, window)
+
+
+def test_cli_eval_disjoint(tmp_path, capsys):
+    from test_evaluate import prepared_corpus
+
+    from gcnn.data import PreparedData
+
+    folder = prepared_corpus(tmp_path)
+    data = PreparedData.open(folder)
+    torch.manual_seed(0)
+    run = save_pretrained(gcnn.build_model("gcnn-tiny", vocab_size=len(data.vocab)), tmp_path / "m", data.vocab)
+    from gcnn.cli import main
+
+    assert main(["eval", str(run), "--data", str(folder), "--disjoint", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model = load(run)
+    expected = perplexity(model, data.split("test"), eos_id=data.vocab.eos_id, context=1, stride=5, align_last=True)
+    assert report["nll"] == pytest.approx(expected.nll, rel=1e-6) and (report["context"], report["stride"]) == (1, 5)
+    assert report["nll"] != pytest.approx(perplexity(model, data.split("test"), eos_id=data.vocab.eos_id,
+                                                     context=1, stride=5).nll, rel=1e-6)  # the last window differs
+    assert main(["eval", str(run), "--data", str(folder), "--disjoint", "5", "--stride", "3"]) == 2
+    assert "--disjoint" in capsys.readouterr().err

@@ -3,18 +3,19 @@ word_perplexity is gcnn eval's with the same (disjoint) windows, and multiple-ch
 
 import json
 import math
+import os
 import re
 
 import numpy as np
 import pytest
 import torch
 
-import gcnn  # noqa: E402
-from gcnn.data.text import TextFile, unit_texts, word_tokenizer  # noqa: E402
-from gcnn.evaluate import perplexity  # noqa: E402
-from gcnn.io import load, save_pretrained  # noqa: E402
-from gcnn.lmeval_tasks import TASKS_DIR  # noqa: E402
-from test_evaluate import word_vocab  # noqa: E402
+import gcnn
+from gcnn.data.text import TextFile, unit_texts, word_tokenizer
+from gcnn.evaluate import perplexity
+from gcnn.io import load, save_pretrained
+from gcnn.lmeval_tasks import TASKS_DIR
+from test_evaluate import word_vocab
 
 TEXT = """ = The cat = 
  the cat sat on a mat and the dog ran far away from the big red house 
@@ -24,34 +25,55 @@ TEXT = """ = The cat =
 """
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(name, "1")
+QUESTIONS = (
+    '{"context": "the cat sat on", "choices": ["a mat", "the dog", "far away"], "label": 0}\n'
+    '{"context": "the big red", "choices": ["house", "cat ran"], "label": 1}\n'
+)
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def exported(folder, arch="gcnn-tiny"):
-    pytest.importorskip("transformers")
     vocab = word_vocab()
     torch.manual_seed(0)
     model = gcnn.build_model(arch, vocab_size=len(vocab), adaptive_cutoffs=())
     return save_pretrained(model, folder, vocab)
 
 
-def evaluate(folder, task, **metadata):
+def evaluate(folder, tasks, **metadata):
+    """lm-eval's Python API, as `lm_eval --model hf --model_args pretrained=FOLDER,trust_remote_code=True,
+    add_bos_token=False --include_path TASKS_DIR --tasks TASKS` runs it, offline. add_bos_token=False: the tokenizer
+    puts the start marker before a text by default (as gcnn generate conditions a prompt); lm-eval adds its own."""
     pytest.importorskip("lm_eval")
     pytest.importorskip("transformers")
-    """lm-eval's Python API, as `lm_eval --model hf --model_args pretrained=FOLDER,trust_remote_code=True,
-    add_bos_token=False --include_path TASKS_DIR --tasks TASK` runs it. add_bos_token=False: the tokenizer puts the
-    start marker before a text by default (as gcnn generate conditions a prompt), and lm-eval adds its own prefix."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    return simple_evaluate(
-        model="hf", model_args=f"pretrained={folder},trust_remote_code=True,dtype=float32,add_bos_token=False", tasks=[task],
-        task_manager=TaskManager(include_path=str(TASKS_DIR), metadata=metadata), batch_size=4, device="cpu",
-        log_samples=True,
-    )
+    saved = {name: os.environ.get(name) for name in OFFLINE}
+    os.environ.update(OFFLINE)
+    try:
+        return simple_evaluate(
+            model="hf", model_args=f"pretrained={folder},trust_remote_code=True,dtype=float32,add_bos_token=False",
+            tasks=tasks, task_manager=TaskManager(include_path=str(TASKS_DIR), metadata=metadata), batch_size=4,
+            device="cpu", log_samples=True,
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def gcnn_tiny_run(tmp_path_factory):
+    """One lm-eval run of both local tasks on an exported gcnn-tiny (one model load for the two tests)."""
+    folder = tmp_path_factory.mktemp("lmeval")
+    exported(folder / "m")
+    (folder / "doc.txt").write_text(TEXT * 5, encoding="utf-8")
+    (folder / "q.jsonl").write_text(QUESTIONS, encoding="utf-8")
+    results = evaluate(folder / "m", ["gcnn_wikitext", "gcnn_choice"], data_file=str(folder / "doc.txt"),
+                       choice_file=str(folder / "q.jsonl"))
+    return folder, results
 
 
 def file_ids(path, vocab):
@@ -60,43 +82,45 @@ def file_ids(path, vocab):
                      for i in vocab.encode(tokens(unit_texts("wikitext", lines, vocab.eos), vocab.eos))])
 
 
-@pytest.mark.parametrize("arch", ["gcnn-tiny", pytest.param("transformer-tiny", marks=pytest.mark.slow)])
-def test_word_perplexity_is_gcnn_eval_with_disjoint_windows(tmp_path, arch):
-    folder = exported(tmp_path / "m", arch)
-    text = tmp_path / "doc.txt"
-    text.write_text(TEXT * 5, encoding="utf-8")
-    results = evaluate(folder, "gcnn_wikitext", data_file=str(text))
-    scores = results["results"]["gcnn_wikitext"]
+def check_word_perplexity(folder, text, scores, window):
     model = load(folder)
-    window = model.receptive_field if arch == "gcnn-tiny" else model.config.max_len  # max_position_embeddings
     ids = file_ids(text, model.vocab)
     assert len(ids) > 3 * window  # several windows, the last one partial
     assert len(ids) % window
     ours = perplexity(model, ids, eos_id=model.vocab.eos_id, context=1, stride=window, align_last=True)
-    words = len(re.split(r"\s+", TEXT * 5))  # lm-eval's count, on the page (the leading and trailing "" count too)
-    assert words == len((TEXT * 5).split()) + 2
+    page = text.read_text(encoding="utf-8")
+    words = len(re.split(r"\s+", page))  # lm-eval's count, on the page (the leading and trailing "" count too)
+    assert words == len(page.split()) + 2
     assert scores["word_perplexity,none"] == pytest.approx(math.exp(ours.nll / words), rel=1e-4)
-    size = len((TEXT * 5).encode())
-    assert scores["bits_per_byte,none"] == pytest.approx(ours.nll / size / math.log(2), rel=1e-4)
+    assert scores["bits_per_byte,none"] == pytest.approx(ours.nll / len(page.encode()) / math.log(2), rel=1e-4)
     # the windows matter: gcnn eval's default sliding windows give another (better) figure
     sliding = perplexity(model, ids, eos_id=model.vocab.eos_id)
     assert abs(sliding.nll - ours.nll) > 1e-3
 
 
-def test_multiple_choice_loglikelihoods_are_gcnn_scores(tmp_path):
-    folder = exported(tmp_path / "m")
-    questions = tmp_path / "q.jsonl"
-    questions.write_text(
-        '{"context": "the cat sat on", "choices": ["a mat", "the dog", "far away"], "label": 0}\n'
-        '{"context": "the big red", "choices": ["house", "cat ran"], "label": 1}\n', encoding="utf-8")
-    results = evaluate(folder, "gcnn_choice", choice_file=str(questions))
+def test_word_perplexity_is_gcnn_eval_with_disjoint_windows(gcnn_tiny_run):
+    folder, results = gcnn_tiny_run
+    window = load(folder / "m").receptive_field  # max_position_embeddings, lm-eval's max_length
+    check_word_perplexity(folder / "m", folder / "doc.txt", results["results"]["gcnn_wikitext"], window)
+
+
+@pytest.mark.slow
+def test_word_perplexity_of_a_transformer(tmp_path):
+    folder = exported(tmp_path / "m", "transformer-tiny")
+    (tmp_path / "doc.txt").write_text(TEXT * 5, encoding="utf-8")
+    results = evaluate(folder, ["gcnn_wikitext"], data_file=str(tmp_path / "doc.txt"))
+    check_word_perplexity(folder, tmp_path / "doc.txt", results["results"]["gcnn_wikitext"], load(folder).config.max_len)
+
+
+def test_multiple_choice_loglikelihoods_are_gcnn_scores(gcnn_tiny_run):
+    folder, results = gcnn_tiny_run
     samples = results["samples"]["gcnn_choice"]
-    model = load(folder)
+    model = load(folder / "m")
     vocab = model.vocab
     assert len(samples) == 2
     for sample in samples:
         doc = sample["doc"]
-        context = vocab.encode(doc["context"].split())
+        context = vocab.encode(doc["context"].split())  # lm-eval conditions on the context's tokens only
         for choice, response in zip(doc["choices"], sample["filtered_resps"]):
             continuation = vocab.encode(choice.split())
             tokens = torch.tensor([context + continuation])

@@ -17,6 +17,9 @@ from gcnn.io import load, save_pretrained
 from gcnn.lmeval_tasks import TASKS_DIR
 from test_evaluate import word_vocab
 
+# context 1 is what lm-eval's windows mean: gcnn's warning about it is expected here
+pytestmark = pytest.mark.filterwarnings("ignore:.*every token is predicted from one input token")
+
 TEXT = """ = The cat = 
  the cat sat on a mat and the dog ran far away from the big red house 
  

@@ -51,8 +51,11 @@ def outputs(model, tokens):
 def test_round_trip_gives_the_same_model_and_vocabulary(tmp_path, model):
     vocab = vocabulary()
     out = gcnn.save_pretrained(model, tmp_path / "pretrained", vocab)
-    files = ["README.md", "SHA256SUMS", "config.json", "model.safetensors", "vocab.json"]
-    assert sorted(p.name for p in out.iterdir()) == files
+    files = ["README.md", "SHA256SUMS", "config.json", "model.safetensors", "vocab.json",
+             # the Hugging Face files (gcnn.hf_files): a transformers model folder too
+             "generation_config.json", "modeling_gcnn.py", "special_tokens_map.json", "tokenizer.json",
+             "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     loaded = gcnn.load(out)
     assert type(loaded) is gcnn.GatedConvLM and loaded.vocab == vocab and not loaded.training
     tokens = torch.randint(0, V, (2, 11))
@@ -190,8 +193,8 @@ def test_sizes_in_a_config_are_checked_against_the_weights_before_allocating(tmp
     monkeypatch.setattr(
         io, "model_class", lambda c, real=io.model_class: built.append((c, torch.get_default_device().type)) or real(c)
     )
-    for change in ({"vocab_size": 10**12}, {"embed_dim": 10**9}):
-        (out / "config.json").write_text(json.dumps(dict(config, **change)))
+    for change in ({"vocab_size": 10**12}, {"embed_dim": 10**9}):  # gcnn's config is nested in an exported folder's
+        (out / "config.json").write_text(json.dumps(dict(config, gcnn_config=dict(config["gcnn_config"], **change))))
         with pytest.raises(CheckpointError, match="has shape .* the config in .* needs"):
             gcnn.load(out)
     (out / "config.json").write_text(json.dumps(config))

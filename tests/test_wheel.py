@@ -22,6 +22,9 @@ def test_the_wheel_installs_and_runs_the_demo_outside_the_repository(tmp_path):
     import zipfile
 
     assert "gcnn/serve/static/index.html" in zipfile.ZipFile(wheel).namelist()  # gcnn serve's page is package data
+    names = zipfile.ZipFile(wheel).namelist()  # the lm-eval tasks travel with the package (docs/evaluation.md)
+    assert {"gcnn/lmeval_tasks/gcnn_wikitext.yaml", "gcnn/lmeval_tasks/gcnn_choice.yaml",
+            "gcnn/lmeval_tasks/gcnn_choice.jsonl", "gcnn/lmeval_tasks/gcnn_tasks.py"} <= set(names)
     # a fresh venv that sees this environment's packages (torch, numpy, ...) but gets gcnn only from the wheel
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])

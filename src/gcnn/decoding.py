@@ -496,3 +496,17 @@ def _top(log_probs: Tensor, k: int) -> list[list[tuple[int, float]]]:
         return [[] for _ in range(log_probs.shape[0])]
     values, ids = torch.topk(log_probs, min(k, log_probs.shape[-1]), dim=-1)
     return [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+def top_next(model: LanguageModel, vocab: "Vocabulary", prompt: str, k: int = 10) -> list[tuple[str, float]]:
+    """The ``k`` most probable next tokens after ``prompt`` (conditioned as :func:`generate_text` conditions it: the
+    start marker, then the prompt's tokens), most probable first, each with its probability. What an n-gram
+    toolkit's query cannot give: the whole next-token distribution, ranked."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"{option('top_k')} must be a positive integer, got {k!r}")
+    ids = encode_prompt(vocab, prompt)
+    device = next(model.parameters()).device
+    with inference(model):
+        log_probs = model.next_token_log_probs(torch.tensor([ids], device=device), positions=[-1])[0, 0]
+    values, indices = log_probs.float().exp().topk(min(k, log_probs.shape[-1]))
+    return [(vocab.itos[int(i)], float(p)) for p, i in zip(values.tolist(), indices.tolist())]

@@ -168,16 +168,24 @@ def _length_batches(lengths: Sequence[int], batch_tokens: int) -> Iterator[list[
 
 
 # ---------------------------------------------------------------------------------------------------- perplexity
-def stream_windows(num_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
+def stream_windows(
+    num_tokens: int, context: int, stride: int, *, align_last: bool = False
+) -> Iterator[tuple[int, int, int]]:
     """The windows of stream mode as ``(input_start, first_target, end)``, in target indices.
 
     The window's inputs are the stream z = [start marker, x_0, ..., x_{N-2}] at ``[input_start, end)``, its targets
     x at the same indices; only targets in ``[first_target, end)`` are scored, so each is scored exactly once.
+    ``align_last``: the last window, when shorter, starts earlier so that it has the full context + stride - 1
+    inputs (lm-evaluation-harness's rolling windows: ``context=1, stride=N`` gives exactly its windows of N).
     """
     _check_positive("context", context)
     _check_positive("stride", stride)
     for first in range(0, num_tokens, stride):
-        yield max(0, first - context + 1), first, min(first + stride, num_tokens)
+        end = min(first + stride, num_tokens)
+        begin = max(0, first - context + 1)
+        if align_last and end == num_tokens:
+            begin = max(0, min(begin, end - (context + stride - 1)))
+        yield begin, first, end
 
 
 def stream_settings(model: LanguageModel, context: int | None, stride: int | None) -> tuple[int, int]:
@@ -231,11 +239,11 @@ def _stream_batch(ids: np.ndarray, windows: list[tuple[int, int, int]], start_id
 
 
 def _stream_batches(
-    ids: np.ndarray, start_id: int, context: int, stride: int, batch_tokens: int
+    ids: np.ndarray, start_id: int, context: int, stride: int, batch_tokens: int, align_last: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     per_batch = max(1, batch_tokens // (context + stride - 1))
     windows: list[tuple[int, int, int]] = []
-    for window in stream_windows(len(ids), context, stride):
+    for window in stream_windows(len(ids), context, stride, align_last=align_last):
         windows.append(window)
         if len(windows) == per_batch:
             yield _stream_batch(ids, windows, start_id)
@@ -278,8 +286,12 @@ def perplexity(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     bf16: bool = False,
     progress: bool = False,
+    align_last: bool = False,
 ) -> Perplexity:
     """Perplexity of ``model`` on the token ids ``ids`` (see the module docstring for what counts).
+
+    ``align_last`` (stream mode): the last window keeps its full length (:func:`stream_windows`); with
+    ``context=1, stride=N`` these are lm-evaluation-harness's disjoint windows of N tokens (docs/evaluation.md).
 
     ``mode`` is ``stream`` or ``sentence``. Stream mode: defaults for ``context`` and ``stride`` as in
     :func:`stream_settings`. Sentence mode: sentences end at ``eos_id`` and
@@ -291,7 +303,7 @@ def perplexity(
     _check_positive("batch_tokens", batch_tokens)
     if mode == "stream":
         context, stride = stream_settings(model, context, stride)
-        batches = _stream_batches(ids, eos_id, context, stride, batch_tokens)
+        batches = _stream_batches(ids, eos_id, context, stride, batch_tokens, align_last)
         total = -(-len(ids) // stride)
     elif mode == "sentence":
         if context is not None or stride is not None:

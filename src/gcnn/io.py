@@ -37,7 +37,8 @@ from gcnn.card import ModelCard
 from gcnn.config import ConfigBase
 from gcnn.data.vocab import Vocabulary
 from gcnn.errors import CheckpointError, GcnnError, option
-from gcnn.fs import atomic_write_json, exclusive, staged_folder, verify_checksums, write_atomically, write_checksums
+from gcnn.hf_files import HF_FILES, gcnn_config_dict, hf_config, hf_files, useful_context
+from gcnn.fs import atomic_write, atomic_write_json, exclusive, staged_folder, verify_checksums, write_atomically, write_checksums
 from gcnn.layout import (
     CARD_FILE,
     CHECKPOINT_STATE_FILE,
@@ -56,10 +57,13 @@ EXPORT_EXTRA_SUFFIXES = (".onnx", ".onnx.data")
 
 
 # ------------------------------------------------------------------------------------------------ saving
-def write_model(model: LanguageModel, directory: str | os.PathLike, *, vocab: Vocabulary | None = None) -> None:
+def write_model(
+    model: LanguageModel, directory: str | os.PathLike, *, vocab: Vocabulary | None = None, hf: bool = False
+) -> None:
     """Write config.json and model.safetensors (and vocab.json when ``vocab`` is given) into ``directory`` (created
     if needed), each file atomically. The fingerprint of the vocabulary (``vocab``, else ``model.vocab``) and
-    ``model.trained_positions`` go into the weights' metadata."""
+    ``model.trained_positions`` go into the weights' metadata. ``hf``: config.json in the Hugging Face form and the
+    files transformers reads beside it (:mod:`gcnn.hf_files`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_vocab = vocab is not None
@@ -74,7 +78,14 @@ def write_model(model: LanguageModel, directory: str | os.PathLike, *, vocab: Vo
     if model.trained_positions is not None:
         metadata["trained_positions"] = str(int(model.trained_positions))
     save_tensors(model.state_dict(), directory / WEIGHTS_FILE, metadata=metadata)
-    atomic_write_json(directory / CONFIG_FILE, model.config.to_dict())
+    if hf:
+        context = useful_context(model.config, model.receptive_field, model.trained_positions)
+        atomic_write_json(directory / CONFIG_FILE, hf_config(model.config, context=context, vocab=vocab))
+        max_length = context if getattr(model.config, "max_len", None) is not None else None
+        for name, text in hf_files(model.config, vocab, max_length=max_length).items():
+            atomic_write(directory / name, text)
+    else:
+        atomic_write_json(directory / CONFIG_FILE, model.config.to_dict())
     if save_vocab:
         vocab.save(directory / VOCAB_FILE)
 
@@ -100,7 +111,9 @@ def save_pretrained(
     write_extra: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Write ``model`` as a portable folder: config.json, model.safetensors, vocab.json (``vocab``, else
-    ``model.vocab``; none if neither), README.md (the model card) and SHA256SUMS.
+    ``model.vocab``; none if neither), README.md (the model card), SHA256SUMS, and the files that make it a
+    Hugging Face model folder as well (:mod:`gcnn.hf_files`: config.json in transformers' form, the tokenizer, the
+    remote-code module).
 
     The folder is built beside ``directory`` and moved into place whole, so an interruption leaves either the old
     folder or the new one. ``directory`` must not exist, be empty, or be a folder written by this function (which is
@@ -112,7 +125,7 @@ def save_pretrained(
     check_export_destination(directory)
     with exclusive(directory, "gcnn export"):  # checked again under the lock: another writer may have finished
         with staged_folder(directory, replace=check_export_destination(directory)) as staging:
-            write_model(model, staging, vocab=vocab)
+            write_model(model, staging, vocab=vocab, hf=True)
             (staging / CARD_FILE).write_text((card or ModelCard()).render(model, vocab), encoding="utf-8")
             if write_extra is not None:
                 write_extra(staging)
@@ -141,7 +154,7 @@ def check_export_destination(directory: Path) -> bool:
 
 def is_exported_folder(directory: Path) -> bool:
     """A folder written by :func:`save_pretrained`: its own files (and ONNX graphs) only, with SHA256SUMS."""
-    own = {CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, CARD_FILE, CHECKSUMS_FILE}
+    own = {CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, CARD_FILE, CHECKSUMS_FILE, *HF_FILES}
     names = {p.name for p in directory.iterdir()}
     extra = {n for n in names - own if not n.endswith(EXPORT_EXTRA_SUFFIXES)}
     return CHECKSUMS_FILE in names and CONFIG_FILE in names and not extra
@@ -170,6 +183,9 @@ def read_config(directory: str | os.PathLike) -> ConfigBase:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: damaged config ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: damaged config (expected a JSON object)")
+    data = gcnn_config_dict(data)  # an exported folder's config.json nests gcnn's config among transformers' keys
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: damaged config (expected a JSON object)")
     try:

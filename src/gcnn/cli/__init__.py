@@ -25,6 +25,7 @@ COMMANDS = {
     "score": "score",
     "rescore": "rescore",
     "generate": "generate",
+    "next": "next",
     "export": "export",
     "import-fairseq": "import_fairseq",
     "demo": "demo",

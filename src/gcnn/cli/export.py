@@ -15,6 +15,10 @@ folder) into OUT_DIR in the layout users know from Hugging Face:
                                    recorded during training (from RUN_DIR/run.json, saying how it was measured),
                                    and the perplexity on --eval-data measured now as `gcnn eval` measures it
   SHA256SUMS                       checksums, checked when the folder is loaded (and by `sha256sum -c`)
+  tokenizer.json, modeling_gcnn.py, tokenizer_config.json, special_tokens_map.json, generation_config.json
+                                   the folder as a Hugging Face model (config.json carries transformers' keys):
+                                   AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True) with
+                                   pip install 'gcnn[hf]' (docs/interop.md)
 
 --onnx also writes model.onnx (tokens -> next-token log-probabilities) and decoder_step.onnx (one incremental
 decoding step with explicit state tensors), each with its .onnx.data weights; they need pip install 'gcnn[onnx]'.

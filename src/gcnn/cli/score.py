@@ -19,6 +19,11 @@ logprob is the natural-log probability of the line's tokens and of the end-of-li
 counts both); oov counts words outside the vocabulary (scored as <unk>). Lines are split into tokens as the corpus was.
 The line is predicted from <s> when the vocabulary has one (sentence corpora), else from <eos> (stream corpora: the
 line is scored as if it followed the end of another line). --per-token adds "token_logprobs": [[token, logprob], ...].
+
+--format kenlm prints what KenLM's `query` prints instead: per line, each token as `word=id ngram_length log10p`
+(tab-separated; id 0 for words outside the vocabulary and <unk>, else gcnn's id + 1; ngram_length = the tokens the
+prediction depends on, itself included), then `</s>=id n log10p` and `Total: <log10 probability> OOV: <count>`;
+at the end `Perplexity including OOVs:`, `Perplexity excluding OOVs:`, `OOVs:` and `Tokens:` (</s> counted).
 Input is read and scored in chunks, so it may be larger than memory.
 
 example:  gcnn score runs/shakespeare-demo < sentences.txt > scores.jsonl"""
@@ -27,6 +32,8 @@ example:  gcnn score runs/shakespeare-demo < sentences.txt > scores.jsonl"""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", metavar="FILE", help="read this UTF-8 file instead of stdin")
     p.add_argument("--per-token", action="store_true", help="add each token's log-probability")
+    p.add_argument("--format", choices=("jsonl", "kenlm"), default="jsonl",
+                   help="jsonl (default): one JSON object a line; kenlm: what KenLM's query prints")
     add_inference_arguments(p)
 
 
@@ -45,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         stream, name = sys.stdin.buffer, "<stdin>"
     with stream:
+        if args.format == "kenlm":
+            from gcnn.kenlm import query_lines
+
+            for line in query_lines(model, vocab, read_lines(stream, name), batch_tokens=args.batch_tokens, bf16=args.bf16):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            return 0
         scores = score_texts(
             model,
             vocab,

@@ -115,8 +115,27 @@ SECTIONS = [
         "optimisers is less likely an artefact of a short run.",
     ),
     (
+        "serve",
+        "10. `gcnn serve`: batched requests against one at a time",
+        "Loopback clients in bounded request loops against two servers side by side: one batching concurrent "
+        "requests (scoring together, generation steps of all active requests as one batch), one serving a request "
+        "at a time (`benchmarks/bench_serve.py`).",
+    ),
+    (
+        "decoding",
+        "11. Beam steps and batch-1 generation for decoders",
+        "A beam step of B hypotheses with gcnn's incremental state against re-running a 49-token history and against "
+        "an LSTM; batch-1 generation against the weight-bandwidth bound (`benchmarks/bench_decoding.py`).",
+    ),
+    (
+        "asr",
+        "12. Speech decoding with a gcnn language model",
+        "Synthetic CTC emissions for WikiText-2 test sentences decoded by pyctcdecode and flashlight-text without and "
+        "with a gcnn LM (`benchmarks/bench_asr.py`).",
+    ),
+    (
         "gpu",
-        "9. The GPU check (one CUDA GPU)",
+        "13. The GPU check (one CUDA GPU)",
         "`benchmarks/gpu_check.sh` (`benchmarks/bench_gpu.py`, under 5 minutes): bf16 and fp16 training throughput "
         "of GCNN-8 and GCNN-14 against the plain reference as a fraction of the GPU's measured matmul peak, the "
         "paper's Table 4 GPU columns (GCNN-8B, GCNN-9, LSTM-2048), batch-1 generation and one DDP step over NCCL. "
@@ -165,6 +184,9 @@ RUN_ALL = [
     "bench_train.py",
     "bench_table4.py",
     "bench_gbw_memory.py",
+    "bench_serve.py",
+    "bench_decoding.py",
+    "bench_asr.py",
     "bench_generate_compare.py",
     "bench_generate.py",
     "bench_prepare.py",

@@ -133,7 +133,8 @@ def test_register_loads_without_remote_code_and_padding_rules(tmp_path):
     with torch.no_grad():
         padded = model(**batch).logits
         alone = model(tokenizer(["a dog"], return_tensors="pt").input_ids).logits
-    torch.testing.assert_close(padded[1, : alone.shape[1]], alone[0])  # right padding changes nothing
+    # right padding changes nothing (up to the rounding of another batch size)
+    torch.testing.assert_close(padded[1, : alone.shape[1]], alone[0], atol=1e-4, rtol=1e-5)
     left = batch["attention_mask"].flip(-1)
     with pytest.raises(ValueError, match="left padding"):
         model(input_ids=batch["input_ids"], attention_mask=left)

@@ -258,18 +258,8 @@ def _ddp_step(args, device: torch.device) -> dict[str, Any]:
 def tables(result: dict[str, Any]) -> str:
     parts = []
     train = result["training"]
-    header = ["model", "params (M)", "FLOPs/token (M)"]
     precisions = [p for p in TRAIN_PRECISIONS if p in result["settings"]["train_precisions"]]
-    for p in precisions:
-        header += [f"{p} tokens/s", f"{p} % of peak", f"{p} vs reference"]
-    rows = []
-    for name, m in train["models"].items():
-        row = [name, f"{m['parameters'] / 1e6:.1f}", f"{m['flops_per_token'] / 1e6:.0f}"]
-        for p in precisions:
-            r = m[p]
-            ratio = f"{r['ratio_to_reference']:.2f}x" if r["ratio_to_reference"] is not None else "n/a"
-            row += [f"{r['tokens_per_s']:,.0f}", f"{100 * r['fraction_of_peak']:.1f}%", ratio]
-        rows.append(row)
+    header, rows = bench_train.throughput_rows(train["models"], precisions)
     peaks = ", ".join(f"{p} {v['flops_per_s'] / 1e12:,.1f} TFLOP/s" for p, v in result["matmul_peak"].items())
     parts += ["Training throughput:", common.markdown_table(header, rows), f"Matmul peak (torch.mm, square): {peaks}."]
     t4 = result["table4"]

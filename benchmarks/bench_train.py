@@ -146,18 +146,24 @@ def summarise(
     return out
 
 
-def table(result: dict[str, Any], precisions: list[str]) -> str:
+def throughput_rows(models: dict[str, Any], precisions: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a training-throughput table (also used by bench_gpu.py)."""
     header = ["model", "params (M)", "FLOPs/token (M)"]
     for p in precisions:
         header += [f"{p} tokens/s", f"{p} % of peak", f"{p} vs reference"]
     rows = []
-    for name, m in result["models"].items():
+    for name, m in models.items():
         row = [name, f"{m['parameters'] / 1e6:.1f}", f"{m['flops_per_token'] / 1e6:.0f}"]
         for p in precisions:
             r = m[p]
             ratio = f"{r['ratio_to_reference']:.2f}x" if r["ratio_to_reference"] is not None else "n/a"
             row += [f"{r['tokens_per_s']:,.0f}", f"{100 * r['fraction_of_peak']:.1f}%", ratio]
         rows.append(row)
+    return header, rows
+
+
+def table(result: dict[str, Any], precisions: list[str]) -> str:
+    header, rows = throughput_rows(result["models"], precisions)
     peaks = ", ".join(f"{p} {result['matmul_peak'][p]['flops_per_s'] / 1e9:,.0f} GFLOP/s" for p in precisions)
     described = common.markdown_table(
         ["model", "structure", "matmul weights per token (M)"],

@@ -67,12 +67,12 @@ def flops_per_token(model: nn.Module, ids: Tensor) -> float:
 
 
 def recurrent_bytes_per_step(model: nn.Module) -> int | None:
-    """Bytes of the weights an LSTM reads at every sequential step (recurrent and projection matrices), or None for a
-    model that does not step through time."""
+    """Bytes in fp32 of the weights an LSTM reads at every sequential step (recurrent and projection matrices), or
+    None for a model that does not step through time."""
     lstm = next((m for m in model.modules() if isinstance(m, nn.LSTM)), None)
     if lstm is None:
         return None
-    return sum(p.numel() * p.element_size() for n, p in lstm.named_parameters() if "_hh_" in n or "_hr_" in n)
+    return sum(p.numel() * 4 for n, p in lstm.named_parameters() if "_hh_" in n or "_hr_" in n)
 
 
 class ReadBandwidth:
@@ -207,12 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "description": model.config.describe(),
                         "parameters": model.num_parameters(),
                         "flops_per_token": round(flops_per_token(model, batch_ids[:50])),
-                        "recurrent_bytes_per_step_fp32": recurrent_bytes_per_step(model.float()),
+                        "recurrent_bytes_per_step_fp32": recurrent_bytes_per_step(model),
                     }
                     for name, model in built.items()
                 }
-                for model in built.values():
-                    runtime.optimize(model, precision)  # back to the precision (model.float() above cast it)
         for threads in args.thread_counts:
             torch.set_num_threads(threads)
             got = measure(built, batch_ids, stream_ids, precision, args.repeats)

@@ -2,8 +2,9 @@
 
 Shapes: B = batch, T = time, C = channels. Every convolution is causal: its input is padded on the left with
 (k-1)d frames for a kernel of width k and dilation d (zeros at the start of a sequence, the previous inputs during
-incremental decoding), so position t sees only inputs at positions <= t. One code path computes training, evaluation and decoding steps; faster inference
-kernels (folded weights, oneDNN-packed bf16, int8) are applied from outside by :mod:`gcnn.runtime`.
+incremental decoding), so position t sees only inputs at positions <= t. One code path computes training,
+evaluation and decoding steps; faster inference kernels (folded weights, oneDNN-packed bf16, int8) are applied
+from outside by :mod:`gcnn.runtime`.
 """
 
 from __future__ import annotations

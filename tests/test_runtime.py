@@ -189,3 +189,56 @@ def test_int8_generation_stays_close_to_fp32():
     got = torch.cat(steps, 1)
     assert got.dtype == torch.float32 and torch.allclose(got.exp().sum(-1), torch.ones(1, 12), atol=1e-3)
     assert (got - expected).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("arch", ["gcnn-tiny", "lstm-tiny", "transformer-tiny"])
+def test_packed_linear_layers_give_the_plain_bf16_results(arch):
+    """bf16: every nn.Linear (the adaptive softmax's head and cluster matrices, a baseline's projections) becomes an
+    InferenceLinear over oneDNN's packed weight; the log-distributions equal the plain bf16 model's, the state dict
+    is unchanged, gradients take the module's own path, and restore() gives nn.Linear back."""
+    torch.manual_seed(18)
+    model = gcnn.build_model(arch, vocab_size=100, dropout=0.0).eval()
+    linears = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    assert any(name.startswith("softmax.") for name in linears)
+    keys = model.state_dict().keys()
+    fast = runtime.optimize(copy.deepcopy(model), "bf16")
+    plain = runtime.restore(runtime.optimize(copy.deepcopy(model), "bf16", onednn=False))
+    modules = dict(fast.named_modules())
+    assert all(type(modules[name]) is runtime.InferenceLinear for name in linears)
+    assert all((modules[name]._packed is not None) == runtime.onednn_bf16_linear_available() for name in linears)
+    assert fast.state_dict().keys() == keys and runtime.optimized_dtype(fast) == "bf16"
+    tokens = torch.randint(0, 100, (2, 10))
+    with torch.inference_mode():
+        got, expected = fast.next_token_log_probs(tokens), plain.next_token_log_probs(tokens)
+        step = fast.next_token_log_probs(tokens[:, :1], cache=fast.new_cache(2))
+    assert got.dtype == torch.float32 and torch.allclose(got.exp().sum(-1), torch.ones(2, 10), atol=1e-2)
+    assert torch.allclose(got, expected, atol=2e-2) and (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+    assert torch.allclose(step[:, 0], got[:, 0], atol=2e-2)
+    head = modules[linears[-1]]
+    x = torch.randn(3, head.in_features, dtype=torch.bfloat16, requires_grad=True)
+    head(x).float().sum().backward()  # the module's own path: gradients reach the input and the weight
+    assert x.grad is not None and head.weight.grad is not None
+    runtime.restore(fast)
+    assert all(type(m) is not runtime.InferenceLinear for m in fast.modules())
+    with torch.inference_mode():
+        assert torch.allclose(fast.next_token_log_probs(tokens), expected, atol=1e-6)
+
+
+def test_packed_linear_weight_is_a_snapshot_and_survives_copies(tmp_path):
+    torch.manual_seed(19)
+    model = runtime.optimize(gcnn.build_model("gcnn-tiny", vocab_size=100), "bf16")
+    tokens = torch.randint(0, 100, (1, 6))
+    with torch.inference_mode():
+        before = model.next_token_log_probs(tokens)
+    twin = copy.deepcopy(model)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        model.softmax.head.weight.mul_(3.0)
+    with torch.inference_mode():
+        for other in (twin, loaded):
+            assert type(other.softmax.head) is runtime.InferenceLinear and torch.equal(other.next_token_log_probs(tokens), before)
+        if runtime.onednn_bf16_linear_available():
+            assert torch.equal(model.next_token_log_probs(tokens), before)  # the snapshot
+        runtime.optimize(model, "bf16")
+        assert not torch.allclose(model.next_token_log_probs(tokens), before, atol=1e-2)

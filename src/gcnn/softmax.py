@@ -37,7 +37,7 @@ CHUNK_ELEMENTS = 1 << 20  # logits per block of chunked_logsumexp (4 MB in float
 # With gradients on, a cluster's logits up to this many elements are kept for the backward pass as usual (one
 # matrix product less than recomputing them); larger ones go through the recomputing chunked path.
 MATERIALIZE_ELEMENTS = 1 << 24  # 64 MB of float32 logits
-MAX_CHUNK_COLUMNS = 8192  # vocabulary entries per block (rows of the weight)
+MAX_CHUNK_COLUMNS = 1024  # vocabulary entries per block (rows of the weight): a block's rows stay in cache
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -70,7 +70,10 @@ class _ChunkedLogSumExp(torch.autograd.Function):
                 total = None
                 for c0 in range(0, s, column_block):
                     b = None if bias is None else bias[c0 : c0 + column_block]
-                    part = torch.logsumexp(F.linear(h, weight[c0 : c0 + column_block], b).to(acc), dim=-1)
+                    logits = F.linear(h, weight[c0 : c0 + column_block], b)
+                    # log-sum-exp = any logit minus its log-softmax: log_softmax's one vectorized kernel is faster
+                    # than logsumexp's separate max, subtract, exp and sum passes over the block
+                    part = logits[:, 0].to(acc) - torch.log_softmax(logits, dim=-1, dtype=acc)[:, 0]
                     total = part if total is None else torch.logaddexp(total, part)
                 out[r0 : r0 + row_block] = total
         ctx.save_for_backward(hidden, weight, bias, out)
@@ -135,8 +138,13 @@ def target_logits(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor 
     """(N,) float32 logits of ``targets`` (N,) under ``hidden @ weight.T + bias``, one dot product per row, with the
     operands and the result rounded to the autocast dtype as the matrix product would round them."""
     dtype = _compute_dtype(hidden)
-    rows = weight.index_select(0, targets).to(dtype).float()
-    out = (hidden.to(dtype).float() * rows).sum(-1)
+    n, d = hidden.shape
+    step = max(1, CHUNK_ELEMENTS // max(1, d))  # rows at a time: no (N, d) float32 copies of the operands
+    parts = []
+    for r0 in range(0, max(n, 1), step):  # one (empty) part for no rows
+        rows = weight.index_select(0, targets[r0 : r0 + step]).to(dtype).float()
+        parts.append((hidden[r0 : r0 + step].to(dtype).float() * rows).sum(-1))
+    out = torch.cat(parts) if len(parts) != 1 else parts[0]
     if bias is not None:
         out = out + bias.index_select(0, targets).to(dtype).float()
     return out.to(dtype).float()  # rounded as the product's output would be

@@ -125,7 +125,8 @@ def evaluation(
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def weight_bytes_per_token(model: nn.Module, element_bytes: int, int8_convolutions: bool = False) -> dict[str, Any]:
+def weight_bytes_per_token(model: nn.Module, element_bytes: int, int8_convolutions: bool = False,
+                           int8_softmax: bool = False) -> dict[str, Any]:
     """Bytes of weights one batch-1 decoding step of gcnn's model reads (see the module docstring), with weights of
     ``element_bytes`` each; with ``int8_convolutions`` the convolution matrices take one byte per weight plus a bf16
     scale per output channel."""
@@ -140,8 +141,12 @@ def weight_bytes_per_token(model: nn.Module, element_bytes: int, int8_convolutio
         conv_bytes = matrices + 2 * biases + element_bytes * biases  # int8 weights, bf16 scales, biases
     else:
         conv_bytes = element_bytes * (matrices + biases)
+    softmax_bytes = softmax + 2 * sum(m.out_features for m in model.softmax.modules() if isinstance(m, nn.Linear)) \
+        if int8_softmax else element_bytes * softmax  # int8 weights, bf16 scales
     return {
-        "bytes": conv_bytes + element_bytes * (softmax + embedding),
+        "bytes": conv_bytes + softmax_bytes + element_bytes * embedding,
+        "softmax_bytes": softmax_bytes,
+        "int8_softmax": int8_softmax,
         "convolution_bytes": conv_bytes,
         "convolution_weights": matrices + biases,
         "softmax_weights": softmax,

@@ -153,7 +153,7 @@ def test_int8_conv_equals_textbook_conv_with_the_rounded_weights(monkeypatch):
     calls = []
     kernel = runtime._int8_linear
     monkeypatch.setattr(runtime, "_int8_linear", lambda *a: calls.append(1) or kernel(*a))
-    for cin, cout, k, groups in [(16, 24, 3, 1), (32, 8, 2, 2), (6, 8, 3, 1)]:  # the last: no kernel (K % 16 != 0)
+    for cin, cout, k, groups in [(16, 24, 3, 1), (32, 8, 2, 2), (6, 8, 3, 1)]:  # the last: K % 16 != 0
         torch.manual_seed(16)
         conv = random_conv(cin, cout, k, groups)
         q, scale = runtime.quantize_rows_int8(conv.effective_weight().reshape(cout, -1))
@@ -172,7 +172,10 @@ def test_int8_conv_equals_textbook_conv_with_the_rounded_weights(monkeypatch):
             assert close(full, expected, "bf16", share=2e-2)
             assert close(steps_with_cache(int8, x[:1]), expected[:1], "bf16", share=2e-2)
             assert not close(bf16(x), full, "fp32")  # bf16 keeps the weights themselves
-        assert len(calls) == (9 * groups if runtime.int8_linear_available() and cin * k % (16 * groups) == 0 else 0)
+        if runtime.int8_activation_kernel_available():  # any K: int8 activations through fbgemm
+            assert len(calls) == 9 * groups
+        else:  # the int8-weight kernel: K % 16 == 0 only
+            assert len(calls) == (9 * groups if runtime.int8_linear_available() and cin * k % (16 * groups) == 0 else 0)
 
 
 def test_int8_generation_stays_close_to_fp32():
@@ -242,3 +245,30 @@ def test_packed_linear_weight_is_a_snapshot_and_survives_copies(tmp_path):
             assert torch.equal(model.next_token_log_probs(tokens), before)  # the snapshot
         runtime.optimize(model, "bf16")
         assert not torch.allclose(model.next_token_log_probs(tokens), before, atol=1e-2)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_both_int8_kernels_stay_within_their_rounding(dynamic, monkeypatch):
+    """int8 decoding steps take fbgemm's dynamically quantized kernel (int8 weights and 8-bit inputs) where PyTorch
+    has it, else the int8-weight kernel: each within about 1% of the product with the rounded weights, the softmax's
+    matrices (int8 too under dynamic) included, and the distributions still normalised."""
+    if dynamic and not runtime.int8_activation_kernel_available():
+        pytest.skip("this PyTorch has no fbgemm dynamic quantized linear")
+    monkeypatch.setitem(runtime._AVAILABLE, "int8_activations", dynamic)
+    torch.manual_seed(20)
+    model = gcnn.build_model("gcnn-tiny", vocab_size=100, dropout=0.0).eval()
+    int8 = runtime.optimize(copy.deepcopy(model), "int8")
+    kinds = {c._folded.int8[0].kind for c in int8.modules() if isinstance(c, runtime.InferenceConv) and c._folded.int8}
+    assert kinds == ({"dynamic"} if dynamic else {"w8"} if runtime.int8_linear_available() else set())
+    assert (int8.softmax.head._int8 is not None) == dynamic
+    conv = next(c for c in int8.modules() if isinstance(c, runtime.InferenceConv) and c._folded.int8)
+    rows = torch.randn(1, conv._folded.matrix.shape[1]).bfloat16()
+    got = runtime._int8_linear(rows, conv._folded.int8[0], conv._folded.bias).float()
+    expected = rows.float() @ conv._folded.matrix.float().t() + conv._folded.bias.float()
+    assert ((got - expected).norm() / expected.norm()) < 0.02
+    tokens = torch.randint(0, 100, (1, 10))
+    with torch.inference_mode():
+        whole = model.next_token_log_probs(tokens)
+        steps = steps_of(int8, tokens)
+    assert torch.allclose(steps.exp().sum(-1), torch.ones(1, 10), atol=1e-3)
+    assert (steps - whole).abs().max() < 0.1

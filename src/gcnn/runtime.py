@@ -11,11 +11,14 @@ It casts the model (bf16 and int8: bfloat16 weights and activations, log-probabi
 state dict, whose effective weight (weight norm folded in) is computed once. A short input (a decoding step: at most
 :data:`WINDOW_STEPS` positions) is then one matrix product over the window of its last k inputs, with the weight
 prepacked for oneDNN's bf16 kernel where this PyTorch has it (1.6-2.5x faster matrix-vector products than a plain
-bf16 matrix) or, with ``int8``, each output channel's row rounded to 255 levels and multiplied by PyTorch's
-int8-weight kernel (a quarter of fp32's bytes per token; outputs within about 1% of their scale). Longer inputs (a
-prompt, evaluation) use the convolution with the folded weight. In bf16 and int8 every ``nn.Linear`` (the
-softmax's head and cluster matrices above all) becomes an :class:`InferenceLinear` with its weight prepacked for
-oneDNN the same way (the softmax stays bf16 under int8).
+bf16 matrix) or, with ``int8``, each output channel's row rounded to 255 levels (a quarter of fp32's bytes per
+token): a decoding step multiplies them by PyTorch's dynamically quantized linear (fbgemm; the step's input rounded
+to 8 bits as well, outputs within about 1% of the product with the rounded weights; 1.5x the int8-weight kernel's
+speed at batch 1 on a 2-core Xeon), or, where this PyTorch lacks it, by its int8-weight kernel for bf16 inputs.
+Longer inputs (a prompt, evaluation) are one matrix product over the window rows of k inputs (a grouped
+convolution: conv1d) with the folded (int8: rounded) weight. In bf16 and int8 every ``nn.Linear`` (the softmax's
+head and cluster matrices above all) becomes an :class:`InferenceLinear` with its weight prepacked for oneDNN the
+same way, and under int8 rounded to int8 for decoding steps too.
 
 The folded weights are a snapshot: :func:`optimize` again after changing the parameters, :func:`restore` to undo.
 Anything that needs gradients runs the model's own path, so training is unaffected. Copies and pickles of an
@@ -72,6 +75,7 @@ def restore(model: nn.Module) -> nn.Module:
             module.__class__ = CausalConv
         elif isinstance(module, InferenceLinear):
             module.__dict__.pop("_packed", None)
+            module.__dict__.pop("_int8", None)
             module.__class__ = nn.Linear
     return model
 
@@ -98,13 +102,20 @@ def resolve_device(device: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the convolution
+class _Int8Weights(NamedTuple):
+    kind: str  # "dynamic": int8 activations too (fbgemm's kernel, packed weight and bias); "w8": int8 weights only
+    weight: Any  # dynamic: fbgemm's packed weight and bias; w8: the (C_out, K) int8 matrix
+    scale: Tensor | None  # the bf16 scale per output channel
+    zero_points: Tensor | None  # unused (symmetric weights)
+
+
 class _Folded(NamedTuple):
     dtype: torch.dtype
     weight: Tensor  # (C_out, C_in / groups, k): weight norm folded in (int8: the rounded weights), in ``dtype``
     matrix: Tensor  # the same as (C_out, C_in / groups * k), contiguous: the window path's matrix
     bias: Tensor
     packed: list[Tensor] | None  # per group: the matrix prepacked for oneDNN's bf16 linear
-    int8: list[tuple[Tensor, Tensor]] | None  # per group: (int8 matrix, bf16 scale per output channel)
+    int8: list[_Int8Weights] | None  # per group: the int8 matrix for one of the two int8 kernels
 
 
 class InferenceConv(CausalConv):
@@ -125,9 +136,14 @@ class InferenceConv(CausalConv):
             if dtype == "int8":
                 q, scale = quantize_rows_int8(matrix)
                 matrix = q.float() * scale.float().unsqueeze(1)  # what the int8 weights stand for
-                if cpu and int8_linear_available():
+                groups = list(zip(q.chunk(self.groups, 0), scale.chunk(self.groups)))
+                biases = self.bias.detach().float().chunk(self.groups)
+                if cpu and int8_activation_kernel_available():
+                    quantized = [_Int8Weights("dynamic", _prepack_dynamic(qg, sg, bg), sg, None)
+                                 for (qg, sg), bg in zip(groups, biases)]
+                elif cpu and int8_linear_available():
                     # own allocations: the kernel needs aligned rows
-                    quantized = [(qg.clone(), sg.clone()) for qg, sg in zip(q.chunk(self.groups, 0), scale.chunk(self.groups))]
+                    quantized = [_Int8Weights("w8", qg.clone(), sg.clone(), None) for qg, sg in groups]
             matrix = matrix.to(compute).contiguous()
             packed = None
             if compute == torch.bfloat16 and cpu and onednn and onednn_bf16_linear_available():
@@ -153,12 +169,13 @@ class InferenceConv(CausalConv):
                 return out.transpose(1, 2)
             return _windows_times_matrix(windows, folded.matrix, folded.bias)
         rows = windows.reshape(batch * time, channels * k)  # (C, k) flattened channel-major, as the matrix's columns
-        use_int8 = folded.int8 is not None and rows.shape[0] <= INT8_MAX_ROWS and rows.shape[1] % (16 * self.groups) == 0
+        use_int8 = (folded.int8 is not None and rows.shape[0] <= INT8_MAX_ROWS
+                    and (folded.int8[0].kind == "dynamic" or rows.shape[1] % (16 * self.groups) == 0))
         outs = []
         parts = zip(rows.chunk(self.groups, 1), folded.matrix.chunk(self.groups, 0), folded.bias.chunk(self.groups))
         for g, (xg, wg, bg) in enumerate(parts):
             if use_int8:
-                outs.append(_int8_linear(xg, *folded.int8[g], bg))
+                outs.append(_int8_linear(xg, folded.int8[g], bg))
             elif folded.packed is not None:
                 outs.append(_onednn_linear(xg, folded.packed[g], bg))
             else:
@@ -201,25 +218,37 @@ class InferenceLinear(nn.Linear):
 
     def fold(self, dtype: str, *, onednn: bool = True) -> None:
         self.runtime_dtype, self.onednn = dtype, onednn
-        packed = None
+        packed, quantized = None, None
         weight = self.weight
         if (dtype != "fp32" and onednn and weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
                 and onednn_bf16_linear_available()):
             with torch.no_grad():
-                bias = None if self.bias is None else self.bias.detach().clone()
-                packed = (torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous().clone(), 1), bias)
+                bias = (torch.zeros(self.out_features, dtype=weight.dtype) if self.bias is None
+                        else self.bias.detach().clone())
+                matrix = weight.detach().float()
+                if dtype == "int8" and int8_activation_kernel_available():
+                    q, scale = quantize_rows_int8(matrix)
+                    matrix = q.float() * scale.float().unsqueeze(1)  # what the int8 weights stand for
+                    quantized = _Int8Weights("dynamic", _prepack_dynamic(q, scale, bias), scale, None)
+                packed = (torch.ops.mkldnn._reorder_linear_weight(matrix.to(weight.dtype).contiguous(), 1), bias)
         self._packed = packed  # (oneDNN's packed weight, a copy of the bias) or None
+        self._int8 = quantized  # int8: the rounded weights for decoding steps (the packed weight is the same)
 
     def forward(self, x: Tensor) -> Tensor:
         packed = self.__dict__.get("_packed")
         if (packed is None or x.dtype != torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return super().forward(x)
-        out = _onednn_linear(x.reshape(-1, x.shape[-1]), *packed)
+        rows = x.reshape(-1, x.shape[-1])
+        quantized = self.__dict__.get("_int8")
+        if quantized is not None and rows.shape[0] <= INT8_MAX_ROWS:
+            out = _int8_linear(rows, quantized, packed[1])
+        else:
+            out = _onednn_linear(rows, *packed)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_packed"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_int8")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -266,12 +295,45 @@ def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
-def _int8_linear(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    # the kernel reads 16 bf16 inputs at a time with aligned loads: callers pass K % 16 == 0, this aligns the rows
+def int8_activation_kernel_available() -> bool:
+    """Whether PyTorch's dynamically quantized int8 linear (``torch.ops.quantized.linear_dynamic`` on fbgemm's
+    packed weights: int8 weights, each call's input rounded to 8 bits, VNNI where the CPU has it) runs here."""
+
+    def probe() -> bool:
+        q = torch.full((3, 8), 2, dtype=torch.int8)
+        weights = _Int8Weights("dynamic", _prepack_dynamic(q, torch.full((3,), 0.5, dtype=torch.bfloat16),
+                                                           torch.zeros(3)), None, None)
+        out = _int8_linear(torch.ones(1, 8, dtype=torch.bfloat16), weights, None)
+        return out.shape == (1, 3) and out.dtype == torch.bfloat16 and bool(((out - 8).abs() < 0.1).all())
+
+    return _check_once("int8_activations", probe)
+
+
+def _prepack_dynamic(q: Tensor, scale: Tensor, bias: Tensor | None) -> Any:
+    """fbgemm's packed form of the int8 matrix ``q`` (C_out, K) with its bf16 ``scale`` per row and a float bias."""
+    import warnings
+
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "fbgemm"
+        with warnings.catch_warnings():  # PyTorch marks its quantized tensors as to be replaced; 2.13 has them
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(q.contiguous(), scale.double(),
+                                                          torch.zeros(q.shape[0], dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float().contiguous())
+    finally:
+        torch.backends.quantized.engine = engine
+
+
+def _int8_linear(x: Tensor, weights: _Int8Weights, bias: Tensor | None) -> Tensor:
+    if weights.kind == "dynamic":  # the bias is in the packed weight
+        return torch.ops.quantized.linear_dynamic(x.float(), weights.weight, True).to(x.dtype)
+    # the int8-weight kernel reads 16 bf16 inputs at a time with aligned loads: callers pass K % 16 == 0, this
+    # aligns the rows
     x = x.contiguous()
     if x.data_ptr() % 64:
         x = x.clone()
-    return torch._weight_int8pack_mm(x, q, scale) + bias
+    return torch._weight_int8pack_mm(x, weights.weight, weights.scale) + bias
 
 
 def quantize_rows_int8(weight: Tensor) -> tuple[Tensor, Tensor]:

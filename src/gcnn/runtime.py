@@ -42,6 +42,7 @@ from gcnn.model import CausalConv, ConvCache
 DTYPES = ("fp32", "bf16", "int8")
 WINDOW_STEPS = 4  # inputs of at most this many positions take the window-times-matrix path (decoding steps)
 IM2COL_ELEMENTS = 1 << 24  # longer inputs: the window rows of at most this many inputs are copied at a time
+PACKED_MAX_ROWS = 256  # oneDNN's weight packed for a few rows beats aten::mm up to about this many, loses beyond
 INT8_MAX_ROWS = 2  # the int8 kernel beats oneDNN's bf16 for 1-2 rows (1.5x at one), loses from 4 rows on
 _AVAILABLE: dict[str, bool] = {}
 
@@ -243,8 +244,10 @@ class InferenceLinear(nn.Linear):
         quantized = self.__dict__.get("_int8")
         if quantized is not None and rows.shape[0] <= INT8_MAX_ROWS:
             out = _int8_linear(rows, quantized, packed[1])
-        else:
+        elif rows.shape[0] <= PACKED_MAX_ROWS:
             out = _onednn_linear(rows, *packed)
+        else:  # many rows (evaluation): the plain product is faster than the weight packed for a few rows
+            return super().forward(x)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def __getstate__(self) -> dict[str, Any]:

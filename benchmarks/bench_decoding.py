@@ -212,7 +212,8 @@ def batch_one(vocab: int, smoke: bool, repeats: int, new_tokens: int, bandwidth_
         "fp32": weight_bytes_per_token(models["fp32"], 4),
         "bf16": weight_bytes_per_token(models["bf16"], 2),
         "int8": weight_bytes_per_token(models["int8"], 2, int8_convolutions=True,
-                                       int8_softmax=runtime.int8_activation_kernel_available()),
+                                       int8_softmax=any(getattr(m, "_int8", None) is not None
+                                                        for m in models["int8"].softmax.modules())),
     }
     prompt = torch.randint(0, vocab, (1, 16), generator=torch.Generator().manual_seed(1))
     probe, bandwidth = read_bandwidth_probe(bandwidth_bytes)

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gcnn
 from gcnn import runtime
@@ -272,3 +273,58 @@ def test_both_int8_kernels_stay_within_their_rounding(dynamic, monkeypatch):
         steps = steps_of(int8, tokens)
     assert torch.allclose(steps.exp().sum(-1), torch.ones(1, 10), atol=1e-3)
     assert (steps - whole).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("k,dilation", [(3, 2), (4, 3), (1, 1)])
+def test_long_inputs_are_the_window_matrix_product_also_dilated_and_in_slices(k, dilation, monkeypatch):
+    """Long inputs (more than WINDOW_STEPS positions) of an ungrouped convolution: one matrix product over the window
+    rows, equal to the plain convolution in fp32 (1e-5), dilated or not, whole or in slices of positions (a tiny
+    IM2COL_ELEMENTS), after a prompt with the cache too; an empty batch gives an empty output of the right shape."""
+    torch.manual_seed(21)
+    conv = CausalConv(6, 8, k, dilation=dilation)
+    with torch.no_grad():
+        conv.bias.normal_()
+    fast = optimized_conv(conv, "fp32")
+    x = torch.randn(2, 13, 6)
+    with torch.inference_mode():
+        expected = conv(x)
+        assert close(fast(x), expected, "fp32")
+        monkeypatch.setattr(runtime, "IM2COL_ELEMENTS", 50)
+        assert close(fast(x), expected, "fp32")
+        cache = ConvCache(2)
+        cache.start(x[:, :9, 0])
+        got = torch.cat([fast(x[:, :9], cache), steps_with_cache_from(fast, x[:, 9:], cache)], 1)
+        assert close(got, expected, "fp32")
+        assert fast(torch.randn(0, 9, 6)).shape == (0, 9, 8)
+        assert fast(torch.randn(0, 1, 6)).shape == (0, 1, 8)
+
+
+def steps_with_cache_from(conv, x, cache):
+    out = []
+    for t in range(x.shape[1]):
+        cache.start(x[:, t : t + 1, 0])
+        out.append(conv(x[:, t : t + 1], cache))
+    return torch.cat(out, 1)
+
+
+def test_packed_linear_paths_agree_and_keep_the_bias_gradient():
+    """InferenceLinear: a few rows (oneDNN's packed weight), many rows (past PACKED_MAX_ROWS: the plain product) and,
+    under int8, one row (fbgemm's int8 kernel) give the same function; other inputs never see int8 weights; with a
+    frozen weight and a trainable bias the module's own path runs and the bias gets its gradient; no rows, no
+    crash."""
+    torch.manual_seed(22)
+    for dtype in ("bf16", "int8"):
+        model = runtime.optimize(gcnn.build_model("gcnn-tiny", vocab_size=100, dropout=0.0), dtype)
+        head = model.softmax.head
+        x = torch.randn(runtime.PACKED_MAX_ROWS + 44, head.in_features).bfloat16()
+        with torch.inference_mode():
+            many, few, one = head(x), head(x[:3]), head(x[:1])
+            plain = F.linear(x, head.weight)
+            assert head(x[:0]).shape == (0, head.out_features)
+        assert close(many, plain, "bf16") and close(few, plain[:3], "bf16")  # the bf16 weight, both paths
+        assert close(one, plain[:1], "bf16", share=3e-2)  # int8: within the rounding
+        assert (head._int8 is not None) == (dtype == "int8" and runtime.int8_activation_kernel_available())
+    head.weight.requires_grad_(False)
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features, dtype=torch.bfloat16))
+    head(x[:1]).float().sum().backward()
+    assert head.bias.grad is not None and torch.equal(head.bias.grad, torch.ones_like(head.bias))

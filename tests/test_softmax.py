@@ -115,3 +115,16 @@ def test_no_tokens_by_cluster_matrix_is_ever_stored(monkeypatch):
     assert biggest and max(biggest) <= 4096
     smallest_matrix = 500 * (CUTOFFS[1] - CUTOFFS[0])  # the smallest tail's tokens x cluster
     assert max(saved) < smallest_matrix, max(saved)
+
+
+def test_chunked_logsumexp_with_masked_entries_in_the_bias():
+    """A -inf bias (a masked word) at the first column of a block, or a whole block masked: the same log-sum-exp as
+    torch.logsumexp over the whole row, never NaN."""
+    torch.manual_seed(31)
+    hidden, weight = torch.randn(5, 8), torch.randn(3000, 8)
+    bias = torch.randn(3000)
+    bias[0] = bias[sm.MAX_CHUNK_COLUMNS] = float("-inf")
+    bias[2 * sm.MAX_CHUNK_COLUMNS :] = float("-inf")
+    got = chunked_logsumexp(hidden, weight, bias)
+    expected = torch.logsumexp(F.linear(hidden, weight, bias), dim=-1)
+    assert torch.isfinite(got).all() and torch.allclose(got, expected, atol=1e-5)

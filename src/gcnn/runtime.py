@@ -13,12 +13,13 @@ state dict, whose effective weight (weight norm folded in) is computed once. A s
 prepacked for oneDNN's bf16 kernel where this PyTorch has it (1.6-2.5x faster matrix-vector products than a plain
 bf16 matrix) or, with ``int8``, each output channel's row rounded to 255 levels (a quarter of fp32's bytes per
 token): a decoding step multiplies them by PyTorch's dynamically quantized linear (fbgemm; the step's input rounded
-to 8 bits as well, outputs within about 1% of the product with the rounded weights; 1.5x the int8-weight kernel's
+to 7 bits as well, fbgemm's reduced range that no CPU's int16 sums saturate; outputs within about 1% of the product
+with the rounded weights; 1.5x the int8-weight kernel's
 speed at batch 1 on a 2-core Xeon), or, where this PyTorch lacks it, by its int8-weight kernel for bf16 inputs.
 Longer inputs (a prompt, evaluation) are one matrix product over the window rows of k inputs (a grouped
 convolution: conv1d) with the folded (int8: rounded) weight. In bf16 and int8 every ``nn.Linear`` (the softmax's
 head and cluster matrices above all) becomes an :class:`InferenceLinear` with its weight prepacked for oneDNN the
-same way, and under int8 rounded to int8 for decoding steps too.
+same way, and under int8 rounded to int8 for decoding steps (only: other inputs use its bf16 weight).
 
 The folded weights are a snapshot: :func:`optimize` again after changing the parameters, :func:`restore` to undo.
 Anything that needs gradients runs the model's own path, so training is unaffected. Copies and pickles of an
@@ -170,7 +171,7 @@ class InferenceConv(CausalConv):
                 return out.transpose(1, 2)
             return _windows_times_matrix(windows, folded.matrix, folded.bias)
         rows = windows.reshape(batch * time, channels * k)  # (C, k) flattened channel-major, as the matrix's columns
-        use_int8 = (folded.int8 is not None and rows.shape[0] <= INT8_MAX_ROWS
+        use_int8 = (folded.int8 is not None and 0 < rows.shape[0] <= INT8_MAX_ROWS
                     and (folded.int8[0].kind == "dynamic" or rows.shape[1] % (16 * self.groups) == 0))
         outs = []
         parts = zip(rows.chunk(self.groups, 1), folded.matrix.chunk(self.groups, 0), folded.bias.chunk(self.groups))
@@ -181,7 +182,7 @@ class InferenceConv(CausalConv):
                 outs.append(_onednn_linear(xg, folded.packed[g], bg))
             else:
                 outs.append(F.linear(xg, wg, bg))
-        return (outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)).view(batch, time, -1)
+        return (outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)).view(batch, time, self.out_channels)
 
     # copies and pickles: the packed tensors cannot be copied, so the state leaves them out and they are folded again
     def __getstate__(self) -> dict[str, Any]:
@@ -198,12 +199,13 @@ def _windows_times_matrix(windows: Tensor, matrix: Tensor, bias: Tensor) -> Tens
     the positions that keep that copy within :data:`IM2COL_ELEMENTS`."""
     batch, time, channels, k = windows.shape
     if k == 1 or batch * time * channels * k <= IM2COL_ELEMENTS:
-        return F.linear(windows.reshape(batch * time, channels * k), matrix, bias).view(batch, time, -1)
+        return F.linear(windows.reshape(batch * time, channels * k), matrix, bias).view(batch, time, matrix.shape[0])
     out = windows.new_empty(batch, time, matrix.shape[0])
     step = max(1, IM2COL_ELEMENTS // (batch * channels * k))
     for t0 in range(0, time, step):
         part = windows[:, t0 : t0 + step]
-        out[:, t0 : t0 + step] = F.linear(part.reshape(-1, channels * k), matrix, bias).view(batch, part.shape[1], -1)
+        out[:, t0 : t0 + step] = F.linear(part.reshape(-1, channels * k), matrix, bias).view(batch, part.shape[1],
+                                                                                             matrix.shape[0])
     return out
 
 
@@ -211,9 +213,14 @@ def _windows_times_matrix(windows: Tensor, matrix: Tensor, bias: Tensor) -> Tens
 class InferenceLinear(nn.Linear):
     """An ``nn.Linear`` (the softmax's head and cluster matrices, a baseline's projections) whose bf16 weight
     :func:`optimize` prepacked for oneDNN's linear: at batch 1 the softmax's matrix-vector products read their
-    weights 2-3x faster than through ``aten::mm`` on a plain bf16 matrix. The same module and state dict; fp32, or
-    a PyTorch without the kernel, runs ``F.linear`` as before. Never built directly: :func:`optimize` sets an
-    nn.Linear's class to this one. The packed weight is a snapshot, like :class:`InferenceConv`'s."""
+    weights 2-3x faster than through ``aten::mm`` on a plain bf16 matrix; beyond :data:`PACKED_MAX_ROWS` rows the
+    plain product is faster and runs. Under int8, decoding steps (at most :data:`INT8_MAX_ROWS` rows) multiply the
+    weight rounded to int8 through fbgemm's dynamically quantized linear; every other input uses the bf16 weight
+    itself, as the softmax's target log-probabilities (which read the weights directly) do. The packed copies are
+    extra memory beside the parameter (about the matrix's bf16 size, and its int8 size under int8). The same module
+    and state dict; fp32, another device, or a PyTorch without the kernels runs ``F.linear`` as before. Never built
+    directly: :func:`optimize` sets an nn.Linear's class to this one. The packed weights are a snapshot, like
+    :class:`InferenceConv`'s."""
 
     runtime_dtype: str = "fp32"
 
@@ -221,30 +228,28 @@ class InferenceLinear(nn.Linear):
         self.runtime_dtype, self.onednn = dtype, onednn
         packed, quantized = None, None
         weight = self.weight
-        if (dtype != "fp32" and onednn and weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
-                and onednn_bf16_linear_available()):
+        if dtype != "fp32" and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
             with torch.no_grad():
                 bias = (torch.zeros(self.out_features, dtype=weight.dtype) if self.bias is None
                         else self.bias.detach().clone())
-                matrix = weight.detach().float()
+                if onednn and onednn_bf16_linear_available():
+                    packed = (torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous().clone(), 1), bias)
                 if dtype == "int8" and int8_activation_kernel_available():
-                    q, scale = quantize_rows_int8(matrix)
-                    matrix = q.float() * scale.float().unsqueeze(1)  # what the int8 weights stand for
+                    q, scale = quantize_rows_int8(weight.detach())
                     quantized = _Int8Weights("dynamic", _prepack_dynamic(q, scale, bias), scale, None)
-                packed = (torch.ops.mkldnn._reorder_linear_weight(matrix.to(weight.dtype).contiguous(), 1), bias)
-        self._packed = packed  # (oneDNN's packed weight, a copy of the bias) or None
-        self._int8 = quantized  # int8: the rounded weights for decoding steps (the packed weight is the same)
+        self._packed = packed  # (oneDNN's packed bf16 weight, a copy of the bias) or None
+        self._int8 = quantized  # int8: the weight rounded to int8, for decoding steps; else None
 
     def forward(self, x: Tensor) -> Tensor:
-        packed = self.__dict__.get("_packed")
-        if (packed is None or x.dtype != torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
-                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+        packed, quantized = self.__dict__.get("_packed"), self.__dict__.get("_int8")
+        if ((packed is None and quantized is None) or x.dtype != torch.bfloat16 or x.device.type != "cpu"
+                or torch.is_autocast_enabled(x.device.type)
+                or (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))):
             return super().forward(x)
         rows = x.reshape(-1, x.shape[-1])
-        quantized = self.__dict__.get("_int8")
-        if quantized is not None and rows.shape[0] <= INT8_MAX_ROWS:
-            out = _int8_linear(rows, quantized, packed[1])
-        elif rows.shape[0] <= PACKED_MAX_ROWS:
+        if quantized is not None and 0 < rows.shape[0] <= INT8_MAX_ROWS:
+            out = _int8_linear(rows, quantized, None)
+        elif packed is not None and 0 < rows.shape[0] <= PACKED_MAX_ROWS:
             out = _onednn_linear(rows, *packed)
         else:  # many rows (evaluation): the plain product is faster than the weight packed for a few rows
             return super().forward(x)
@@ -300,7 +305,8 @@ def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
 
 def int8_activation_kernel_available() -> bool:
     """Whether PyTorch's dynamically quantized int8 linear (``torch.ops.quantized.linear_dynamic`` on fbgemm's
-    packed weights: int8 weights, each call's input rounded to 8 bits, VNNI where the CPU has it) runs here."""
+    packed weights: int8 weights, each call's input rounded to 7 bits with fbgemm's reduced range, VNNI where the CPU
+    has it) runs here."""
 
     def probe() -> bool:
         q = torch.full((3, 8), 2, dtype=torch.int8)

@@ -64,6 +64,11 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         row_block, column_block = _blocks(n, s, chunk_elements)
         acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
         out = torch.empty(n, dtype=acc, device=hidden.device)
+        # log-sum-exp = a logit minus its log-softmax (log_softmax's one vectorized kernel is faster than
+        # logsumexp's separate max, subtract, exp and sum passes over the block), anchored on each block's first
+        # column; a block whose first bias is not finite (a masked entry: -inf - -inf) takes logsumexp instead
+        anchored = [True] * len(range(0, s, column_block)) if bias is None else \
+            torch.isfinite(bias[::column_block]).tolist()
         with torch.autocast(hidden.device.type, enabled=False):
             for r0 in range(0, n, row_block):
                 h = hidden[r0 : r0 + row_block]
@@ -71,9 +76,10 @@ class _ChunkedLogSumExp(torch.autograd.Function):
                 for c0 in range(0, s, column_block):
                     b = None if bias is None else bias[c0 : c0 + column_block]
                     logits = F.linear(h, weight[c0 : c0 + column_block], b)
-                    # log-sum-exp = any logit minus its log-softmax: log_softmax's one vectorized kernel is faster
-                    # than logsumexp's separate max, subtract, exp and sum passes over the block
-                    part = logits[:, 0].to(acc) - torch.log_softmax(logits, dim=-1, dtype=acc)[:, 0]
+                    if anchored[c0 // column_block]:
+                        part = logits[:, 0].to(acc) - torch.log_softmax(logits, dim=-1, dtype=acc)[:, 0]
+                    else:
+                        part = torch.logsumexp(logits.to(acc), dim=-1)
                     total = part if total is None else torch.logaddexp(total, part)
                 out[r0 : r0 + row_block] = total
         ctx.save_for_backward(hidden, weight, bias, out)

@@ -121,7 +121,10 @@ def test_time_budget_cosine_decays_over_the_minutes_and_threads_are_set(prepared
     assert lrs[-1] < 0.003  # most of the way down the cosine when the 2.4 s were up
     assert times == sorted(times) and times[-1] <= 0.04 * 60 + 5
     state = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "timed")[-1]).state
-    assert state["wall_seconds"] >= 0.04 * 60
+    # the last checkpoint holds the run's clock at its save: after the last update's record; when a scheduled
+    # validation saved the last update just before the budget ran out, the stop adds no second checkpoint, so the
+    # clock there may fall a few ms short of the budget itself (the stop reason above says the budget was reached)
+    assert times[-1] <= state["wall_seconds"] <= 0.04 * 60 + 5
 
 
 def test_accumulation_equals_one_large_batch(prepared, tmp_path):

@@ -323,7 +323,8 @@ def summarize(run: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ reports
-def curve_plot(title: str, series: list[tuple[str, list]], *, ylim: float | None = None):
+def curve_plot(title: str, series: list[tuple[str, list]], *, ylim: float | None = None,
+               dashed: frozenset[str] = frozenset()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,7 +333,7 @@ def curve_plot(title: str, series: list[tuple[str, list]], *, ylim: float | None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in series:
         if points:
-            ax.plot(*zip(*points), "o-", markersize=3, label=label)
+            ax.plot(*zip(*points), "o--" if label in dashed else "o-", markersize=3, label=label)
     ax.set_xlabel("wall-clock minutes")
     ax.set_ylabel("validation perplexity")
     finite = [p for _, pts in series for _, p in pts if math.isfinite(p)]
@@ -358,15 +359,42 @@ def fmt(value: float | None) -> str:
     return f"{value:,.1f}" if abs(value) < 1e7 else f"{value:.2e}"
 
 
+def earlier_runs(paths: list[Path], missing: set[str]) -> dict[str, dict[str, Any]]:
+    """The runs of earlier recipe reports (``--earlier``) for the models not trained in this one, each marked with
+    how it was run (``earlier``: the report's file, date, threads and runs at a time). Newer reports win."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench_quality: --earlier {path}: cannot read the report: {exc}") from None
+        if report.get("benchmark") != "quality-recipe" or not isinstance(report.get("runs"), dict):
+            raise SystemExit(f"bench_quality: --earlier {path}: not a quality-recipe report (no 'runs')")
+        threads, jobs = report.get("threads", "?"), report.get("jobs", "?")
+        how = (f"{report.get('date', '?')[:10]}, {threads} thread{'s' if threads != 1 else ''}"
+               + (", side by side with another run" if jobs != 1 else ", one run at a time"))
+        for name, run in report["runs"].items():
+            if name in missing and (name not in found or found[name]["earlier"]["date"] < report.get("date", "")):
+                found[name] = dict(run, earlier={"report": Path(path).name, "date": report.get("date", ""),
+                                                 "how": how, "machine": report.get("machine", {}).get("cpu", "?"),
+                                                 "threads": threads, "jobs": jobs})
+    return found
+
+
 def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dict[str, Any],
                   args: argparse.Namespace) -> None:
+    stand_in = earlier_runs(getattr(args, "earlier", []), {j.name for j in jobs} - set(results))
+    results = {**results, **stand_in}
+    labels = {j.name: j.label.split(" (")[0] + (f" [{stand_in[j.name]['earlier']['how']}]" if j.name in stand_in
+                                                else "") for j in jobs}
     rows = []
     for job in jobs:
         r = results.get(job.name)
         if r is None:
             continue
         test = r.get("test", {})
-        rows.append([job.label, r["arch"], f"{r['parameters']:,}", r.get("started", "?"), f"{r['tokens_per_s']:,.0f}",
+        label = job.label + (f" [earlier: {r['earlier']['how']}]" if "earlier" in r else "")
+        rows.append([label, r["arch"], f"{r['parameters']:,}", r.get("started", "?"), f"{r['tokens_per_s']:,.0f}",
                      f"{r['epochs']:.2f}", fmt(r["best_valid_ppl"]), fmt(test.get("perplexity"))])
     table = common.markdown_table(
         ["model", "architecture", "parameters", "started", "train tokens/s", "epochs", "best valid ppl", "test ppl"],
@@ -379,9 +407,16 @@ def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dic
     notes = [
         f"Each run trains for {args.minutes:g} minutes of wall-clock (validation included) with {args.threads} "
         f"torch thread{'s' if args.threads != 1 else ''} on this {head['machine']['logical_cores']}-core machine, "
-        f"{sharing}. Test perplexity: `gcnn eval RUN --data runs/quality/wikitext-2 --split test` on the best "
-        "checkpoint by validation (stream mode: every test token scored once with the model's full context).",
+        f"{sharing}. Test perplexity: `gcnn eval RUN --data {args.runs.as_posix()}/wikitext-2 --split test` on the "
+        "best checkpoint by validation (stream mode: every test token scored once with the model's full context).",
     ]
+    for name, r in stand_in.items():
+        same = (r["earlier"]["machine"] == head["machine"]["cpu"] and r["earlier"]["threads"] == args.threads
+                and r["earlier"]["jobs"] == args.jobs)
+        notes.append(f"{labels[name].split(' [')[0]}: not trained in this run; its row and dashed curve are from "
+                     f"{r['earlier']['report']} ({r['earlier']['how']}, on {r['earlier']['machine']}), "
+                     + ("the same machine and protocol at another time." if same
+                        else "so its budget bought a different amount of compute."))
     if gcnn is not None:
         verdict = "reaches" if gcnn <= 100 else "does not reach"
         notes.append(f"The GCNN recipe {verdict} the target of test perplexity 100: {gcnn:.1f}.")
@@ -402,8 +437,9 @@ def report_recipe(results: dict[str, dict[str, Any]], jobs: list[Job], head: dic
     result = dict(head, title=f"WikiText-2 in {args.minutes:g} minutes on a CPU: GCNN against LSTM and Transformer",
                   minutes=args.minutes, threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table,
                   notes=notes)
-    figure = curve_plot(result["title"], [(j.label.split(" (")[0], results[j.name]["valid_curve_minutes_ppl"])
-                                          for j in jobs if j.name in results])
+    figure = curve_plot(result["title"], [(labels[j.name], results[j.name]["valid_curve_minutes_ppl"])
+                                          for j in jobs if j.name in results],
+                        dashed=frozenset(labels[name] for name in stand_in))
     common.write_report("quality-recipe", result, figure, args.out_dir)
 
 
@@ -550,7 +586,12 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only write the report from finished runs")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS)
     parser.add_argument("--note", default="")
+    parser.add_argument("--earlier", type=Path, nargs="+", default=[],
+                        help="recipe: earlier quality-recipe reports (JSON) whose runs stand in, marked as such, for "
+                        "the models not trained in this one")
     args = parser.parse_args()
+    if args.earlier and args.kind != "recipe":
+        parser.error("--earlier is for recipe reports")
     args.minutes = args.minutes or (60.0 if args.kind == "recipe" else 20.0)
     if args.kind == "recipe" and args.updates:
         parser.error("--updates is for ablations: the recipe comparison's budget is --minutes of wall-clock")
@@ -559,7 +600,7 @@ def main() -> None:
     if args.kind == "recipe" and args.seeds != 1:
         parser.error("--seeds is for ablations")
     if args.kind == "recipe":
-        jobs = recipe_jobs(args.gcnn_recipe)
+        jobs = all_jobs = recipe_jobs(args.gcnn_recipe)
         names = args.only or [j.name for j in jobs]
         unknown = set(names) - {j.name for j in jobs}
         if unknown:
@@ -579,7 +620,8 @@ def main() -> None:
     results = run_all(jobs, data, args, test=args.kind == "recipe")
     print(f"bench_quality: {len(results)} runs in {time.time() - started:,.0f} s", file=sys.stderr)
     if args.kind == "recipe":
-        report_recipe(results, jobs, head, args)
+        # models left out by --only still get their rows where an --earlier report has them
+        report_recipe(results, all_jobs if args.earlier else jobs, head, args)
     else:
         report_ablations(results, groups, head, args)
 

@@ -115,6 +115,35 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
         " ".join(report["notes"])
     assert "one run at a time" in report["notes"][0]  # --jobs 1: each run had the machine
 
+    # --earlier: a model not trained in this run stands in from an earlier report, marked as such, dashed
+    earlier = tmp_path / "2026-01-01-quality-recipe.json"
+    transformer = dict(results["lstm"], arch="transformer-small", test={"perplexity": 141.2})
+    earlier.write_text(json.dumps({"benchmark": "quality-recipe", "date": "2026-01-01 10:00 UTC", "threads": 1,
+                                   "jobs": 2, "machine": {"cpu": "Old CPU"},
+                                   "runs": {"transformer": transformer, "gcnn": dict(results["gcnn"], test={})}}))
+    args.earlier = [earlier]
+    bq.report_recipe(results, bq.recipe_jobs(), head, args)
+    report = json.loads(next((tmp_path / "out").glob("*-quality-recipe.json")).read_text())
+    rows = report["table_markdown"].splitlines()[2:]
+    assert len(rows) == 3 and "[earlier: 2026-01-01, 1 thread, side by side with another run]" in rows[2]
+    assert "| 141.2 |" in rows[2] and "earlier" not in rows[0]  # this run's GCNN is not replaced by the earlier one
+    assert any(n.startswith("Transformer: not trained in this run") and "Old CPU" in n
+               and "a different amount of compute" in n for n in report["notes"])
+    # the same machine, threads and runs at a time: said so, not called a different budget
+    same = tmp_path / "2026-01-02-quality-recipe.json"
+    same.write_text(json.dumps({"benchmark": "quality-recipe", "date": "2026-01-02 10:00 UTC", "threads": 1,
+                                "jobs": 1, "machine": {"cpu": "c"}, "runs": {"transformer": transformer}}))
+    args.earlier = [earlier, same]  # the newer report wins
+    bq.report_recipe(results, bq.recipe_jobs(), head, args)
+    report = json.loads(next((tmp_path / "out").glob("*-quality-recipe.json")).read_text())
+    assert "[earlier: 2026-01-02, 1 thread, one run at a time]" in report["table_markdown"].splitlines()[-1]
+    assert any(n.startswith("Transformer: not trained") and "the same machine and protocol" in n
+               for n in report["notes"])
+    (tmp_path / "bad.json").write_text("{}")
+    args.earlier = [tmp_path / "bad.json"]
+    with pytest.raises(SystemExit, match="bad.json: not a quality-recipe report"):
+        bq.report_recipe(results, bq.recipe_jobs(), head, args)
+
 
 def test_seed_aggregation_and_pair_verdicts(bq):
     agg = bq.aggregate([100.0, 102.0, 104.0])

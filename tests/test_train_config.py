@@ -135,6 +135,17 @@ def test_expected_recipes_exist():
         "nesterov", 1.0, 0.99, 0.1, "plateau", 0.5, 5e-6, 35, 0.2)
 
 
+def test_the_hour_recipe_is_what_its_docs_say():
+    """configs/wikitext2-cpu-hour.toml as docs/training.md and the benchmark report describe it: 40-token receptive
+    field, adaptive input tied to the adaptive softmax, 12,245,984 parameters on WikiText-2's vocabulary."""
+    config = build_config(recipe=CONFIGS / "wikitext2-cpu-hour.toml", flags={"data": "d", "out": "o"})
+    model_config = resolve_model_config(config.model, 33278)
+    assert model_config.receptive_field == 40
+    assert model_config.adaptive_input and model_config.tie_embeddings
+    assert (config.optimizer, config.schedule, config.max_minutes, config.precision) == ("adamw", "cosine", 60, "bf16")
+    assert gcnn.build_model(model_config).num_parameters() == 12_245_984
+
+
 def test_config_round_trips_through_a_dict():
     config = build_config(sets=["model.arch=gcnn-tiny", "lr=0.3"], flags=REQUIRED)
     assert TrainConfig.from_dict(config.to_dict()) == config

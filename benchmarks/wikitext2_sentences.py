@@ -127,9 +127,12 @@ def report(args: argparse.Namespace, run: Path, stats: dict, head: dict) -> Path
         "by validation, read once.",
         f"Stopped by {info['stop_reason']}" + (f": {info['stop_detail']}" if info.get("stop_detail") else "") + ".",
     ]
-    if budget < 60:
-        notes.append(f"A short-budget figure ({budget:g} minutes, on a machine shared with other work): the "
-                     "recipe's own budget is longer, and this run says what it reaches in this time, not at its end.")
+    if info["stop_reason"] == "early_stop":
+        notes.append(f"Early stopping ended the run after {info['train_seconds'] / 60:.1f} training minutes, inside the "
+                     f"{budget:g}-minute cap: the budget did not bind, the recipe's stopping rule did.")
+    elif budget < 60:
+        notes.append(f"A short-budget figure ({budget:g} minutes; the recipe allows 60): the cap ended the run before "
+                     "its stopping rule did, so this says what it reaches in this time, not at its end.")
     figure = curve_plot("Sentence-level WikiText-2: validation and training perplexity", [
         ("validation", summary["valid_curve_minutes_ppl"]), ("training (dropout on)", train_ppl)])
     result = dict(head, title="A sentence-level corpus of ~1M words: configs/sentences-cpu.toml", corpus=stats,

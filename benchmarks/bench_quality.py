@@ -538,8 +538,9 @@ def report_ablations(results: dict[str, dict[str, Any]], groups: list[str], head
     result = dict(head, title=f"Ablations on WikiText-2, {args.updates} updates each{seeded}, {optimiser}",
                   updates=args.updates, base=args.base, seeds=seeds,
                   threads=args.threads, jobs=args.jobs, runs=results, table_markdown=table, notes=notes)
-    common.write_report("quality-ablations" + ("" if args.base == "paper" else f"-{args.base}"), result, fig,
-                        args.out_dir)
+    # several seeds are a report of their own: the single-seed reports (every group, a shorter budget) stay beside them
+    name = "quality-ablations" + ("-seeds" if seeds > 1 else "") + ("" if args.base == "paper" else f"-{args.base}")
+    common.write_report(name, result, fig, args.out_dir)
 
 
 def ranking_verdict(title: str, present: list[tuple[str, str, str]], results: dict[str, dict[str, Any]]) -> str:

@@ -131,6 +131,18 @@ SECTIONS = [
         "optimisers is less likely an artefact of a short run.",
     ),
     (
+        "quality-ablations-seeds-adamw",
+        "8c. The ablations with 3 seeds, AdamW",
+        "`bench_quality.py ablations --seeds 3 --base adamw`: every variant trained with seeds 1-3 for a budget of "
+        "about two epochs, so that a difference can be set against the seed-to-seed spread (error bars: mean ± sd, "
+        "each seed a dot); the notes say for each pair whether it exceeds the spread.",
+    ),
+    (
+        "quality-ablations-seeds",
+        "8d. The ablations with 3 seeds, the paper's optimiser",
+        "As section 8c from `configs/wikitext2-ablation.toml` (Nesterov momentum 0.99, lr 1, clipping at 0.1).",
+    ),
+    (
         "serve",
         "10. `gcnn serve`: batched requests against one at a time",
         "Loopback clients in bounded request loops against two servers side by side: one batching concurrent "

@@ -190,7 +190,7 @@ def test_seeded_ablations_report_means_spreads_and_error_bars(bq, tmp_path):
     head = {"date": "d", "machine": {"logical_cores": 2, "cpu": "c", "torch": "t", "torch_threads": 1,
                                      "commit": "0" * 40, "load_average_1m_at_start": 0.0}, "command": "c"}
     bq.report_ablations(results, ["gates"], head, args)
-    report = json.loads(next((tmp_path / "out").glob("*-quality-ablations.json")).read_text())
+    report = json.loads(next((tmp_path / "out").glob("*-quality-ablations-seeds.json")).read_text())
     rows = {line.split(" | ")[1]: line for line in report["table_markdown"].splitlines()[2:]}
     assert "(mean ± sd)" in report["table_markdown"].splitlines()[0]
     assert " | 202.0 ± 2.0 | 1 | " in rows["GLU"] and rows["GLU"].endswith("| 3: 200.0-204.0 |")
@@ -200,7 +200,8 @@ def test_seeded_ablations_report_means_spreads_and_error_bars(bq, tmp_path):
     assert "GLU 202.0 ± 2.0 vs GTU 245.0 ± 5.0: GLU better by 43.0, larger than the seed spread." in notes
     assert "3 seeds per variant" in notes and "One seed per variant" not in notes
     assert report["runs"]["glu"]["seeds"]["values"] == [200.0, 204.0, 202.0]
-    assert next((tmp_path / "out").glob("*-quality-ablations.png")).read_bytes()[:4] == b"\x89PNG"
+    assert next((tmp_path / "out").glob("*-quality-ablations-seeds.png")).read_bytes()[:4] == b"\x89PNG"
+    assert not list((tmp_path / "out").glob("*-quality-ablations.json"))  # the single-seed report is left alone
 
 
 def test_run_quality_hour_runs_the_three_runs_one_at_a_time_with_both_cores(bq, tmp_path):

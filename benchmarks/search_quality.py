@@ -255,6 +255,48 @@ def search_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the two modes
+def parse_enqueue(text: str, space: dict[str, list]) -> dict[str, Any]:
+    """``NAME=VALUE,...`` (every setting of the space) as Optuna parameters, each checked against the space."""
+    settings: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in space:
+            raise ValueError(f"--enqueue: {item!r} is not NAME=VALUE with NAME one of {', '.join(space)}")
+        choices = [*space[name], "tied"] if name == "embedding" else space[name]  # "tied": full softmax
+        value = value.strip()
+        if name in ("dropout", "embed_dropout", "weight_decay", "lr"):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"--enqueue: {name}={value!r} is not a number") from None
+            if not choices[0] <= number <= choices[1]:
+                raise ValueError(f"--enqueue: {name}={value} is outside the space's range {choices}")
+            settings[name] = number
+            continue
+        match = [c for c in choices if str(c).lower() == value.lower()]
+        if not match:
+            raise ValueError(f"--enqueue: {name}={value!r} is not one of {choices}")
+        settings[name] = match[0]
+    missing = [name for name in space if name not in settings]
+    if missing:
+        raise ValueError(f"--enqueue: {text!r} lacks {', '.join(missing)}")
+    return settings
+
+
+def enqueue_params(settings: dict[str, Any], cutoffs: list[int]) -> dict[str, Any]:
+    """Settings as the parameters suggest() draws: without cutoffs the embedding is ``embedding_full``."""
+    embedding = settings["embedding"]
+    allowed = SPACES["wikitext2"]["embedding"] if cutoffs else ["table", "tied"]
+    if embedding not in allowed:
+        sys.exit(f"search_quality: --enqueue embedding={embedding} does not apply "
+                 f"{'with' if cutoffs else 'without'} adaptive-softmax cutoffs (one of {', '.join(allowed)})")
+    params = dict(settings)
+    if not cutoffs:
+        params["embedding_full"] = params.pop("embedding")
+    return params
+
+
 def run_search(args: argparse.Namespace, head: dict[str, Any]) -> Path:
     from gcnn.data import PreparedData
     from gcnn.errors import GcnnError
@@ -262,6 +304,8 @@ def run_search(args: argparse.Namespace, head: dict[str, Any]) -> Path:
     cutoffs = base_cutoffs(args.base, PreparedData.open(args.data).vocab_size)
     study = open_study(args, create=True)
     if not args.report:
+        for settings in args.enqueue:  # reference points first, e.g. the current hour recipe's settings
+            study.enqueue_trial(enqueue_params(settings, cutoffs), skip_if_exists=True)
         study.optimize(objective_for(args, cutoffs), n_trials=args.trials, catch=(GcnnError,))
     return report_search(study, args, head)
 
@@ -470,6 +514,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--proxy-updates", type=int, default=0, help="an update budget instead of --proxy-minutes")
     parser.add_argument("--valid-every", type=int, default=250, help="updates between a trial's validations, where "
                         "the pruner decides (default: 250)")
+    parser.add_argument("--enqueue", action="append", default=[], metavar="NAME=VALUE,...",
+                        help="a trial to run first with these settings (every setting of the space; repeatable), "
+                        "e.g. the base recipe's own, as a reference point in the table")
     parser.add_argument("--pruner", choices=("hyperband", "halving", "none"), default="hyperband")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
@@ -486,6 +533,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.proxy_updates:
         args.proxy_minutes = 0.0
     common.check_positive(parser, args, "trials", "threads", "valid_every")
+    try:
+        args.enqueue = [parse_enqueue(text, SPACES[args.space]) for text in args.enqueue]
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -97,3 +97,35 @@ def test_search_prunes_and_reports_every_trial_then_final_reads_test_once(sq, pr
     assert model.embed_dim == best["settings"]["embed_dim"] and len(model.blocks) == 1 + best["settings"]["depth"]
     sq.main(final_args)  # finished runs are reused and their test result is cached: the test split is not read again
     assert calls == ["test"] * len(final["finals"])
+
+
+def test_enqueue_runs_the_given_settings_first_and_rejects_bad_ones(sq, prepared, tmp_path):
+    text = ("width=16,depth=2,kernel=3,dilation=2,bottleneck=true,embed_dim=8,embedding=tied,"
+            "dropout=0.1,embed_dropout=0.05,weight_decay=0.01,lr=0.005")
+    settings = sq.parse_enqueue(text, sq.SPACES["tiny"])
+    assert settings["bottleneck"] is True and settings["width"] == 16 and settings["lr"] == 0.005
+    for bad, says in [(text.replace("width=16", "width=17"), "width='17' is not one of"),
+                      (text.replace("lr=0.005", "lr=0.5"), "outside the space's range"),
+                      (text.replace(",lr=0.005", ""), "lacks lr"),
+                      (text + ",colour=red", "'colour=red' is not NAME=VALUE")]:
+        with pytest.raises(ValueError, match=says):
+            sq.parse_enqueue(bad, sq.SPACES["tiny"])
+    with pytest.raises(SystemExit):  # the command line says which setting is at fault and exits non-zero
+        sq.parse_args(["--space", "tiny", "--enqueue", text.replace("kernel=3", "kernel=9")])
+    report = sq.main(["--data", str(prepared), "--base", "configs/shakespeare-cpu.toml", "--space", "tiny",
+                      "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), "--set", "batch_size=8",
+                      "--set", "context=16", "--set", "warmup_updates=0", "--valid-every", "2", "--trials", "2",
+                      "--proxy-updates", "2", "--pruner", "none", "--enqueue", text])
+    rows = json.loads(Path(report).read_text())["trials"]
+    assert len(rows) == 2 and rows[0]["number"] == 0
+    assert rows[0]["settings"] == settings and rows[1]["settings"] != settings
+
+
+def test_enqueue_embedding_must_fit_the_softmax(sq):
+    settings = {"embedding": "adaptive-input-tied", "width": 16}
+    assert sq.enqueue_params(settings, [20]) == settings
+    assert sq.enqueue_params({"embedding": "tied"}, []) == {"embedding_full": "tied"}
+    with pytest.raises(SystemExit, match="does not apply without adaptive-softmax cutoffs"):
+        sq.enqueue_params(settings, [])
+    with pytest.raises(SystemExit, match="does not apply with adaptive-softmax cutoffs"):
+        sq.enqueue_params({"embedding": "tied"}, [20])

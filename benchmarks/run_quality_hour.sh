@@ -7,9 +7,10 @@
 #
 # The GCNN's recipe is configs/wikitext2-cpu-hour.toml; GCNN_RECIPE=FILE chooses another, e.g. the search's choice
 # runs/search/best-recipe.toml (written by `benchmarks/search_quality.py --final N`). It is not taken by default: on
-# 2026-12-04 the best 8-minute proxy trial reached test 128.0 in the hour against this recipe's 112.7. Other settings: MINUTES (60), THREADS (2), RUNS (runs/quality-hour: a fresh folder, so that runs
-# of another budget or thread count are not reused), PYTHON (python3), OUT_DIR (benchmarks/results), FORCE=1
-# (retrain finished runs), ALLOW_LOAD=1 (start even if the machine is busy).
+# 2026-12-04 the best 8-minute proxy trial reached test 128.0 in the hour against this recipe's 112.7.
+# Other settings: MINUTES (60), THREADS (2), RUNS (runs/quality-hour: a fresh folder, so that runs of another budget
+# or thread count are not reused), PYTHON (python3), OUT_DIR (benchmarks/results), FORCE=1 (retrain finished runs),
+# ALLOW_LOAD=1 (start even if the machine is busy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -5,6 +5,9 @@ Hyperband on their validation perplexity, then the few best at the full budget.
     python benchmarks/search_quality.py --final 3 --final-minutes 60           # the 3 best, an hour each, test once
     python benchmarks/search_quality.py --report                               # redraw the table from the study
 
+``--enqueue NAME=VALUE,...`` (every setting of the space) runs given settings first, e.g. the base recipe's own as a
+reference row in the table (the 2026-12-04 search enqueued configs/wikitext2-cpu-hour.toml's).
+
 Every trial is a real ``gcnn train`` run (in this process, through :func:`gcnn.train.train`) from the base recipe
 (``--base``, default configs/wikitext2-cpu.toml) with the sampled settings: width, depth, kernel, dilation, bottleneck
 blocks, the embedding (a table, adaptive input, adaptive input tied to the adaptive softmax), dropout, word dropout,
@@ -72,6 +75,10 @@ SPACES: dict[str, dict[str, list]] = {
 
 
 # ------------------------------------------------------------------------------------------------ the space
+DROPOUT_STEP = 0.05  # the dropout rates are drawn on this grid
+DROPOUT_STEPPED = ("dropout", "embed_dropout")
+
+
 def suggest(trial: Any, space: dict[str, list], cutoffs: list[int]) -> dict[str, Any]:
     """The settings of one trial, drawn from ``space``. Without adaptive-softmax cutoffs (a small vocabulary) the
     embedding choices are a table or a table tied to the full softmax."""
@@ -84,8 +91,8 @@ def suggest(trial: Any, space: dict[str, list], cutoffs: list[int]) -> dict[str,
         "bottleneck": trial.suggest_categorical("bottleneck", space["bottleneck"]),
         "embed_dim": trial.suggest_categorical("embed_dim", space["embed_dim"]),
         "embedding": trial.suggest_categorical("embedding" if cutoffs else "embedding_full", embeddings),
-        "dropout": trial.suggest_float("dropout", *space["dropout"], step=0.05),
-        "embed_dropout": trial.suggest_float("embed_dropout", *space["embed_dropout"], step=0.05),
+        "dropout": trial.suggest_float("dropout", *space["dropout"], step=DROPOUT_STEP),
+        "embed_dropout": trial.suggest_float("embed_dropout", *space["embed_dropout"], step=DROPOUT_STEP),
         "weight_decay": trial.suggest_float("weight_decay", *space["weight_decay"], log=True),
         "lr": trial.suggest_float("lr", *space["lr"], log=True),
     }
@@ -272,6 +279,8 @@ def parse_enqueue(text: str, space: dict[str, list]) -> dict[str, Any]:
                 raise ValueError(f"--enqueue: {name}={value!r} is not a number") from None
             if not choices[0] <= number <= choices[1]:
                 raise ValueError(f"--enqueue: {name}={value} is outside the space's range {choices}")
+            if name in DROPOUT_STEPPED and abs(number / DROPOUT_STEP - round(number / DROPOUT_STEP)) > 1e-9:
+                raise ValueError(f"--enqueue: {name}={value} is not a multiple of {DROPOUT_STEP} (the space's step)")
             settings[name] = number
             continue
         match = [c for c in choices if str(c).lower() == value.lower()]
@@ -284,10 +293,10 @@ def parse_enqueue(text: str, space: dict[str, list]) -> dict[str, Any]:
     return settings
 
 
-def enqueue_params(settings: dict[str, Any], cutoffs: list[int]) -> dict[str, Any]:
+def enqueue_params(settings: dict[str, Any], cutoffs: list[int], space: dict[str, list]) -> dict[str, Any]:
     """Settings as the parameters suggest() draws: without cutoffs the embedding is ``embedding_full``."""
     embedding = settings["embedding"]
-    allowed = SPACES["wikitext2"]["embedding"] if cutoffs else ["table", "tied"]
+    allowed = space["embedding"] if cutoffs else ["table", "tied"]
     if embedding not in allowed:
         sys.exit(f"search_quality: --enqueue embedding={embedding} does not apply "
                  f"{'with' if cutoffs else 'without'} adaptive-softmax cutoffs (one of {', '.join(allowed)})")
@@ -305,7 +314,7 @@ def run_search(args: argparse.Namespace, head: dict[str, Any]) -> Path:
     study = open_study(args, create=True)
     if not args.report:
         for settings in args.enqueue:  # reference points first, e.g. the current hour recipe's settings
-            study.enqueue_trial(enqueue_params(settings, cutoffs), skip_if_exists=True)
+            study.enqueue_trial(enqueue_params(settings, cutoffs, SPACES[args.space]), skip_if_exists=True)
         study.optimize(objective_for(args, cutoffs), n_trials=args.trials, catch=(GcnnError,))
     return report_search(study, args, head)
 

@@ -107,6 +107,7 @@ def test_enqueue_runs_the_given_settings_first_and_rejects_bad_ones(sq, prepared
     for bad, says in [(text.replace("width=16", "width=17"), "width='17' is not one of"),
                       (text.replace("lr=0.005", "lr=0.5"), "outside the space's range"),
                       (text.replace(",lr=0.005", ""), "lacks lr"),
+                      (text.replace("dropout=0.1,", "dropout=0.12,"), "not a multiple of 0.05"),
                       (text + ",colour=red", "'colour=red' is not NAME=VALUE")]:
         with pytest.raises(ValueError, match=says):
             sq.parse_enqueue(bad, sq.SPACES["tiny"])
@@ -123,9 +124,10 @@ def test_enqueue_runs_the_given_settings_first_and_rejects_bad_ones(sq, prepared
 
 def test_enqueue_embedding_must_fit_the_softmax(sq):
     settings = {"embedding": "adaptive-input-tied", "width": 16}
-    assert sq.enqueue_params(settings, [20]) == settings
-    assert sq.enqueue_params({"embedding": "tied"}, []) == {"embedding_full": "tied"}
+    space = sq.SPACES["wikitext2"]
+    assert sq.enqueue_params(settings, [20], space) == settings
+    assert sq.enqueue_params({"embedding": "tied"}, [], space) == {"embedding_full": "tied"}
     with pytest.raises(SystemExit, match="does not apply without adaptive-softmax cutoffs"):
-        sq.enqueue_params(settings, [])
+        sq.enqueue_params(settings, [], space)
     with pytest.raises(SystemExit, match="does not apply with adaptive-softmax cutoffs"):
-        sq.enqueue_params({"embedding": "tied"}, [20])
+        sq.enqueue_params({"embedding": "tied"}, [20], space)

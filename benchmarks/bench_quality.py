@@ -361,7 +361,8 @@ def fmt(value: float | None) -> str:
 
 def earlier_runs(paths: list[Path], missing: set[str]) -> dict[str, dict[str, Any]]:
     """The runs of earlier recipe reports (``--earlier``) for the models not trained in this one, each marked with
-    how it was run (``earlier``: the report's file, date, threads and runs at a time). Newer reports win."""
+    how it was run (``earlier``: the report's file, date, threads and runs at a time). Newer reports win; rows that
+    stood in for a model in an earlier report are not that report's runs and are skipped (name their own report)."""
     found: dict[str, dict[str, Any]] = {}
     for path in paths:
         try:
@@ -374,6 +375,8 @@ def earlier_runs(paths: list[Path], missing: set[str]) -> dict[str, dict[str, An
         how = (f"{report.get('date', '?')[:10]}, {threads} thread{'s' if threads != 1 else ''}"
                + (", side by side with another run" if jobs != 1 else ", one run at a time"))
         for name, run in report["runs"].items():
+            if "earlier" in run:  # that report's own stand-in: not trained there, taken from its own report
+                continue
             if name in missing and (name not in found or found[name]["earlier"]["date"] < report.get("date", "")):
                 found[name] = dict(run, earlier={"report": Path(path).name, "date": report.get("date", ""),
                                                  "how": how, "machine": report.get("machine", {}).get("cpu", "?"),

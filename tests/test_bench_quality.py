@@ -139,6 +139,15 @@ def test_reports_rank_the_runs_and_draw_the_curves(bq, tmp_path):
     assert "[earlier: 2026-01-02, 1 thread, one run at a time]" in report["table_markdown"].splitlines()[-1]
     assert any(n.startswith("Transformer: not trained") and "the same machine and protocol" in n
                for n in report["notes"])
+    # a newer report whose transformer row was itself a stand-in does not pass for the report that trained it
+    relay = tmp_path / "2026-01-03-quality-recipe.json"
+    relay.write_text(json.dumps({"benchmark": "quality-recipe", "date": "2026-01-03 10:00 UTC", "threads": 2,
+                                 "jobs": 1, "machine": {"cpu": "c"},
+                                 "runs": {"transformer": dict(transformer, earlier={"how": "x"})}}))
+    args.earlier = [earlier, same, relay]
+    bq.report_recipe(results, bq.recipe_jobs(), head, args)
+    report = json.loads(next((tmp_path / "out").glob("*-quality-recipe.json")).read_text())
+    assert "[earlier: 2026-01-02, 1 thread, one run at a time]" in report["table_markdown"].splitlines()[-1]
     (tmp_path / "bad.json").write_text("{}")
     args.earlier = [tmp_path / "bad.json"]
     with pytest.raises(SystemExit, match="bad.json: not a quality-recipe report"):

@@ -140,6 +140,12 @@ SECTIONS = [
         "each seed a dot); the notes say for each pair whether it exceeds the spread.",
     ),
     (
+        "quality-ablations-seeds-adamw-context",
+        "8c'. The training context with 3 seeds, AdamW",
+        "The context group of section 8c, run on its own (`--only context`) with the same base, budget and seeds: "
+        "training contexts of 8 to 128 tokens at the same 4,096 tokens per update.",
+    ),
+    (
         "quality-ablations-seeds",
         "8d. The ablations with 3 seeds, the paper's optimiser",
         "As section 8c from `configs/wikitext2-ablation.toml` (Nesterov momentum 0.99, lr 1, clipping at 0.1).",
@@ -190,13 +196,16 @@ Measured 2026-12-04 on a quiet 2-core Xeon (load average 0.0 at each start), one
 other one dilated by 2 for a receptive field of 40, adaptive input tied to the adaptive softmax, dropout 0.3, word
 dropout 0.1, weight decay 0.05; 12.2M parameters) reached **test perplexity 112.7** (best validation 122.7, 11.4
 epochs at 6,926 tokens/s); an earlier run of the same recipe the same night reached 112.6, so the figure repeats to
-0.1. The Transformer given the same hour the same way reached 126.4; the LSTM row is still the 2026-11-30 run (159.8,
-one thread beside another run, on an AMD EPYC), not rerun for lack of time. The earlier hour's gcnn-small (19-token
-receptive field, 1 thread) had reached 127.9. **100 is not reached.** What the curves say limits it: the GCNN is
-compute-bound, not data-bound: its validation perplexity still fell 4% in the last quarter (127.3 at 45 minutes,
-122.8 at 60) and its training perplexity with dropout on (136.7) stayed above validation, so a faster step or a
-longer budget would buy more, and less dropout might; the Transformer instead had flattened (138.9 at 45 minutes,
-138.7 at 60) with training perplexity 92.0, overfitting the 2.1M training tokens. The sentence recipe
+0.1. Given the same hour the same way, the Transformer reached 126.4 and the LSTM (`configs/wikitext2-lstm-cpu.toml`,
+run at 19:07 the same day) **115.1** (best validation 128.3, 9.2 epochs at 5,692 tokens/s): with both cores the LSTM
+trains 2.9 times as fast as in the 2026-11-30 run with one thread beside another run (159.8), and the GCNN's lead
+shrinks to 2.4 perplexity points. The earlier hour's gcnn-small (19-token receptive field, 1 thread) had reached
+127.9. **100 is not reached.** What the curves say limits it: the GCNN is compute-bound, not data-bound: its
+validation perplexity still fell 4% in the last quarter (127.3 at 45 minutes, 122.8 at 60) and its training
+perplexity with dropout on (136.7) stayed above validation, so a faster step or a longer budget would buy more, and
+less dropout might; the LSTM had nearly flattened (131.0 at 45 minutes, 128.5 at 60) with training perplexity 99.8
+below validation, and the Transformer had flattened (138.9 at 45 minutes, 138.7 at 60) with training perplexity
+92.0: both baselines are overfitting the 2.1M training tokens by the end of the hour. The sentence recipe
 (`configs/sentences-cpu.toml`, section 7d), on WikiText-2 split into 38,357 training sentences (1.0M words, 10k
 vocabulary) with 2 threads and a 20-minute cap, was ended by early stopping (patience 3) after 14.1 training minutes
 and 8.65 epochs, best validation 95.6 at update 4,750, with **sentence-level test perplexity 88.4**; its training
@@ -205,7 +214,11 @@ run with one thread beside other work reached 159.0.)
 
 Ablations with 3 seeds (section 8c; AdamW base, 1,000 updates = 1.96 epochs, two runs at a time, 85 minutes): GLU
 162.4 ± 0.3 beats GTU, ReLU, Tanh, bilinear and linear by more than the seed spread; weight norm helps by 1.0 (beyond
-the spread); clipping is within the spread. The placement and context groups and the paper's optimiser are not yet
+the spread); clipping is within the spread. The context group with 3 seeds (section 8c', same base and budget,
+63 minutes): training contexts of 8, 16, 32 and 64 tokens reach 196.2 ± 0.2, 179.3 ± 0.2, 169.4 ± 0.5 and
+165.3 ± 1.9, and section 8c's base (128 tokens) 162.4 ± 0.3: every step up is larger than the seed spread, the gains shrinking (16.9, 9.8, 4.1, 2.9) as the context
+passes gcnn-small's 19-token receptive field (beyond it only the share of positions that see a full window grows;
+validation is scored in blocks of the training context). The placement group and the paper's optimiser are not yet
 run with 3 seeds.
 
 The search (sections 7b and 7c): 9 trials of 8-minute proxies, one at a time with 2 threads, from
@@ -219,14 +232,15 @@ then overfit (training perplexity 59, validation 149 at the end), **test 128.0 a
 `run_quality_hour.sh` keeps it as its default. A proxy nearer the hour (20-30 minutes) or a search over
 regularization with the architecture fixed would be the next step.
 
-Not measured yet: a 40-trial search, the LSTM at 2 threads, the placement and context ablation groups and the paper's
-optimiser with 3 seeds. To measure, on a quiet machine:
+Not measured yet: a 40-trial search, the placement ablation group and the paper's optimiser with 3 seeds. To
+measure, on a quiet machine:
 
 ```bash
 python benchmarks/search_quality.py --base configs/wikitext2-cpu-hour.toml --trials 40 --proxy-minutes 8 --threads 2
 python benchmarks/search_quality.py --base configs/wikitext2-cpu-hour.toml --final 3 --final-minutes 60 --threads 2
 benchmarks/run_quality_hour.sh                                                     # 3 h 15 min; regenerates this page
 python benchmarks/bench_quality.py ablations --base adamw --seeds 3 --updates 1000 --minutes 30 --jobs 2 --only gates linear regularization placement context
+python benchmarks/bench_quality.py ablations --seeds 3 --updates 1000 --minutes 30 --jobs 2
 python benchmarks/make_docs.py
 ```
 """

@@ -216,9 +216,9 @@ Ablations with 3 seeds (section 8c; AdamW base, 1,000 updates = 1.96 epochs, two
 162.4 ± 0.3 beats GTU, ReLU, Tanh, bilinear and linear by more than the seed spread; weight norm helps by 1.0 (beyond
 the spread); clipping is within the spread. The context group with 3 seeds (section 8c', same base and budget,
 63 minutes): training contexts of 8, 16, 32 and 64 tokens reach 196.2 ± 0.2, 179.3 ± 0.2, 169.4 ± 0.5 and
-165.3 ± 1.9, and section 8c's base (128 tokens) 162.4 ± 0.3: every step up is larger than the seed spread, the gains shrinking (16.9, 9.8, 4.1, 2.9) as the context
-passes gcnn-small's 19-token receptive field (beyond it only the share of positions that see a full window grows;
-validation is scored in blocks of the training context). The placement group and the paper's optimiser are not yet
+165.3 ± 1.9, and section 8c's base (128 tokens) 162.4 ± 0.3: every step up is larger than the seed spread, the
+gains shrinking (16.9, 9.8, 4.1, 2.9) as the context passes gcnn-small's 19-token receptive field (beyond it only
+the share of positions that see a full window grows; validation is scored in blocks of the training context). The placement group and the paper's optimiser are not yet
 run with 3 seeds.
 
 The search (sections 7b and 7c): 9 trials of 8-minute proxies, one at a time with 2 threads, from

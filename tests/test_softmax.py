@@ -104,7 +104,14 @@ def test_no_tokens_by_cluster_matrix_is_ever_stored(monkeypatch):
         biggest.append(out.numel())
         return out
 
-    monkeypatch.setattr(sm, "F", types.SimpleNamespace(linear=spy))  # the products of the chunked path only
+    monkeypatch.setattr(sm, "F", types.SimpleNamespace(linear=spy))  # the backward pass's products
+    real_block = sm._block_logits
+
+    def block_spy(h, w, b, out):
+        biggest.append(out.numel())
+        return real_block(h, w, b, out)
+
+    monkeypatch.setattr(sm, "_block_logits", block_spy)  # the forward pass's
     layer = AdaptiveSoftmax(DIM, VOCAB, CUTOFFS, div=2.0)
     hidden = torch.randn(2000, DIM, requires_grad=True)
     targets = targets_in_every_cluster(2000)
@@ -118,13 +125,73 @@ def test_no_tokens_by_cluster_matrix_is_ever_stored(monkeypatch):
 
 
 def test_chunked_logsumexp_with_masked_entries_in_the_bias():
-    """A -inf bias (a masked word) at the first column of a block, or a whole block masked: the same log-sum-exp as
-    torch.logsumexp over the whole row, never NaN."""
+    """A -inf bias (a masked word) at the first column of a block, or whole blocks masked, the first one included
+    (the block that sets each row's offset): the same log-sum-exp as torch.logsumexp over the whole row, never NaN;
+    a row masked everywhere is -inf."""
     torch.manual_seed(31)
     hidden, weight = torch.randn(5, 8), torch.randn(3000, 8)
+    columns = sm.BLOCK_COLUMNS
+    chunk = 5 * columns  # blocks of 5 rows x BLOCK_COLUMNS entries
+    assert sm._blocks(5, 3000, chunk) == (5, columns)
     bias = torch.randn(3000)
-    bias[0] = bias[sm.MAX_CHUNK_COLUMNS] = float("-inf")
-    bias[2 * sm.MAX_CHUNK_COLUMNS :] = float("-inf")
-    got = chunked_logsumexp(hidden, weight, bias)
+    bias[0] = bias[columns] = float("-inf")
+    bias[2 * columns :] = float("-inf")
+    got = chunked_logsumexp(hidden, weight, bias, chunk_elements=chunk)
     expected = torch.logsumexp(F.linear(hidden, weight, bias), dim=-1)
     assert torch.isfinite(got).all() and torch.allclose(got, expected, atol=1e-5)
+    first_masked = torch.randn(3000)
+    first_masked[:columns] = float("-inf")
+    got = chunked_logsumexp(hidden, weight, first_masked, chunk_elements=chunk)
+    expected = torch.logsumexp(F.linear(hidden, weight, first_masked), dim=-1)
+    assert torch.isfinite(got).all() and torch.allclose(got, expected, atol=1e-5)
+    everywhere = torch.full((3000,), float("-inf"))
+    assert torch.equal(chunked_logsumexp(hidden, weight, everywhere, chunk_elements=chunk), torch.full((5,), float("-inf")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_logsumexp_when_a_later_block_is_far_above_the_first(dtype):
+    """Each row's offset is its first block's largest logit; logits 100 to 3,000 above it in a later block (the sum
+    overflows float32) take the exact per-block path and still equal torch.logsumexp; rows that stay in range are
+    unchanged."""
+    torch.manual_seed(5)
+    hidden, weight = torch.randn(6, 8), torch.randn(3000, 8)
+    bias = torch.zeros(3000)
+    bias[2500] = 3000.0  # in the third block, for every row
+    bias[1500:1600] = 100.0
+    chunk = 6 * sm.BLOCK_COLUMNS
+    h, w, b = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+    got = chunked_logsumexp(h, w, b, chunk_elements=chunk)
+    expected = torch.logsumexp(F.linear(h, w, b).float(), dim=-1)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    tame = chunked_logsumexp(h, w, None, chunk_elements=chunk)
+    torch.testing.assert_close(tame, torch.logsumexp(F.linear(h, w).float(), dim=-1), atol=1e-4, rtol=0)
+
+
+def test_chunked_logsumexp_propagates_nan_and_infinite_logits():
+    hidden, weight = torch.randn(3, 4), torch.randn(2100, 4)
+    bias = torch.zeros(2100)
+    bias[1500] = float("inf")
+    got = chunked_logsumexp(hidden, weight, bias, chunk_elements=3 * sm.BLOCK_COLUMNS)
+    assert torch.equal(got, torch.full((3,), float("inf")))
+    bias[1500] = float("nan")
+    assert torch.isnan(chunked_logsumexp(hidden, weight, bias, chunk_elements=3 * sm.BLOCK_COLUMNS)).all()
+
+
+def test_narrow_products_take_the_smaller_cache_sized_blocks(monkeypatch):
+    """The default block: NARROW_CHUNK_ELEMENTS logits for a hidden size up to NARROW_DIM, CHUNK_ELEMENTS above."""
+    seen = []
+    real_block = sm._block_logits
+
+    def block_spy(h, w, b, out):
+        seen.append(out.numel())
+        return real_block(h, w, b, out)
+
+    monkeypatch.setattr(sm, "_block_logits", block_spy)
+    monkeypatch.setattr(sm, "CHUNK_ELEMENTS", 8192)
+    monkeypatch.setattr(sm, "NARROW_CHUNK_ELEMENTS", 2048)
+    for dim, limit in ((sm.NARROW_DIM, 2048), (sm.NARROW_DIM + 1, 8192)):
+        seen.clear()
+        hidden, weight = torch.randn(64, dim) / dim**0.5, torch.randn(3000, dim)
+        got = chunked_logsumexp(hidden, weight)
+        torch.testing.assert_close(got, torch.logsumexp(hidden @ weight.T, dim=-1), atol=1e-5, rtol=0)
+        assert max(seen) == limit, (dim, seen)

@@ -33,11 +33,14 @@ from torch import Tensor, nn
 
 from gcnn.config import check_cutoffs
 
-CHUNK_ELEMENTS = 1 << 20  # logits per block of chunked_logsumexp (4 MB in float32)
+CHUNK_ELEMENTS = 1 << 20  # logits per block of chunked_logsumexp at most (4 MB in float32)
+# narrow products (a hidden size up to NARROW_DIM: the exp passes cost more than the product) take smaller blocks,
+# which stay in a core's L2 cache (1 MB in float32); wider ones keep the large blocks the matrix product prefers
+NARROW_DIM, NARROW_CHUNK_ELEMENTS = 128, 1 << 18
 # With gradients on, a cluster's logits up to this many elements are kept for the backward pass as usual (one
 # matrix product less than recomputing them); larger ones go through the recomputing chunked path.
 MATERIALIZE_ELEMENTS = 1 << 24  # 64 MB of float32 logits
-MAX_CHUNK_COLUMNS = 1024  # vocabulary entries per block (rows of the weight): a block's rows stay in cache
+BLOCK_COLUMNS = 1024  # vocabulary entries per block (rows of the weight), more only when there are few tokens
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -48,10 +51,78 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
 
 
 def _blocks(rows: int, columns: int, chunk_elements: int) -> tuple[int, int]:
-    """(row block, column block) sizes with row_block * column_block <= chunk_elements (at least 1 x 1)."""
-    column_block = max(1, min(columns, MAX_CHUNK_COLUMNS, chunk_elements))
+    """(row block, column block) sizes with row_block * column_block <= chunk_elements (at least 1 x 1): blocks of
+    ``BLOCK_COLUMNS`` vocabulary entries, wider when the rows are too few to fill ``chunk_elements`` (fewer, larger
+    products for a handful of tokens)."""
+    wide = max(BLOCK_COLUMNS, chunk_elements // max(rows, 1))
+    column_block = max(1, min(columns, chunk_elements, wide))
     row_block = max(1, min(rows, chunk_elements // column_block))
     return row_block, column_block
+
+
+def _block_logits(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """h @ weight.T + bias written into ``out`` (a preallocated block: no allocation per block)."""
+    if bias is None:
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
+
+
+def _logsumexp_one_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_elements: int) -> Tensor:
+    """The forward log-sum-exp, one product per block. Each row's offset is the largest logit of its first block, so
+    that every later block takes one subtract, exp and sum in place, in two preallocated buffers the size of a block
+    (no max pass, no log-softmax output): the sum is then at least 1 (the first block's largest term is exp(0)), so
+    terms lost to underflow are below float32's resolution of it. A row whose sum overflows (a later logit more
+    than ~88 above the offset) or is not finite (infinite or masked logits, NaN) is recomputed by
+    :func:`_logsumexp_two_pass`."""
+    n, s = hidden.shape[0], weight.shape[0]
+    acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    out = torch.empty(n, dtype=acc, device=hidden.device)
+    if n == 0:
+        return out
+    row_block, column_block = _blocks(n, s, chunk_elements)
+    size = row_block * min(column_block, s)
+    logits_buffer = torch.empty(size, dtype=hidden.dtype, device=hidden.device)
+    exp_buffer = logits_buffer if hidden.dtype == acc else torch.empty(size, dtype=acc, device=hidden.device)
+    for r0 in range(0, n, row_block):
+        h = hidden[r0 : r0 + row_block]
+        r = h.shape[0]
+        total = offset = None
+        for c0 in range(0, s, column_block):
+            c = min(column_block, s - c0)
+            b = None if bias is None else bias[c0 : c0 + c]
+            logits = _block_logits(h, weight[c0 : c0 + c], b, logits_buffer[: r * c].view(r, c))
+            terms = exp_buffer[: r * c].view(r, c)
+            if terms.data_ptr() != logits.data_ptr():
+                terms.copy_(logits)
+            if offset is None:
+                offset = terms.amax(dim=-1, keepdim=True)
+                offset = torch.where(torch.isfinite(offset), offset, torch.zeros_like(offset))
+                total = terms.sub_(offset).exp_().sum(dim=-1)
+            else:
+                total += terms.sub_(offset).exp_().sum(dim=-1)
+        out[r0 : r0 + r] = total.log_().add_(offset.squeeze(1))
+    bad = torch.nonzero(~torch.isfinite(out), as_tuple=True)[0]
+    if bad.numel():
+        out[bad] = _logsumexp_two_pass(hidden.index_select(0, bad), weight, bias, chunk_elements)
+    return out
+
+
+def _logsumexp_two_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_elements: int) -> Tensor:
+    """torch.logsumexp per block, the blocks combined with logaddexp: exact for any logits (infinite, masked or
+    far apart), slower than :func:`_logsumexp_one_pass`."""
+    n, s = hidden.shape[0], weight.shape[0]
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    out = torch.empty(n, dtype=acc, device=hidden.device)
+    row_block, column_block = _blocks(n, s, chunk_elements)
+    for r0 in range(0, n, row_block):
+        h = hidden[r0 : r0 + row_block]
+        total = None
+        for c0 in range(0, s, column_block):
+            b = None if bias is None else bias[c0 : c0 + column_block]
+            part = torch.logsumexp(F.linear(h, weight[c0 : c0 + column_block], b).to(acc), dim=-1)
+            total = part if total is None else torch.logaddexp(total, part)
+        out[r0 : r0 + row_block] = total
+    return out
 
 
 class _ChunkedLogSumExp(torch.autograd.Function):
@@ -60,28 +131,8 @@ class _ChunkedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_elements: int) -> Tensor:  # type: ignore[override]
-        n, s = hidden.shape[0], weight.shape[0]
-        row_block, column_block = _blocks(n, s, chunk_elements)
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
-        out = torch.empty(n, dtype=acc, device=hidden.device)
-        # log-sum-exp = a logit minus its log-softmax (log_softmax's one vectorized kernel is faster than
-        # logsumexp's separate max, subtract, exp and sum passes over the block), anchored on each block's first
-        # column; a block whose first bias is not finite (a masked entry: -inf - -inf) takes logsumexp instead
-        anchored = [True] * len(range(0, s, column_block)) if bias is None else \
-            torch.isfinite(bias[::column_block]).tolist()
         with torch.autocast(hidden.device.type, enabled=False):
-            for r0 in range(0, n, row_block):
-                h = hidden[r0 : r0 + row_block]
-                total = None
-                for c0 in range(0, s, column_block):
-                    b = None if bias is None else bias[c0 : c0 + column_block]
-                    logits = F.linear(h, weight[c0 : c0 + column_block], b)
-                    if anchored[c0 // column_block]:
-                        part = logits[:, 0].to(acc) - torch.log_softmax(logits, dim=-1, dtype=acc)[:, 0]
-                    else:
-                        part = torch.logsumexp(logits.to(acc), dim=-1)
-                    total = part if total is None else torch.logaddexp(total, part)
-                out[r0 : r0 + row_block] = total
+            out = _logsumexp_one_pass(hidden, weight, bias, chunk_elements)
         ctx.save_for_backward(hidden, weight, bias, out)
         ctx.chunk_elements = chunk_elements
         return out
@@ -121,13 +172,16 @@ class _ChunkedLogSumExp(torch.autograd.Function):
 
 def chunked_logsumexp(hidden: Tensor, weight: Tensor, bias: Tensor | None = None, *, chunk_elements: int | None = None) -> Tensor:
     """hidden (N, d), weight (S, d), bias (S,) -> (N,) float32 log-sum-exp of each row of ``hidden @ weight.T + bias``
-    without storing the (N, S) logits: blocks of at most ``chunk_elements`` (default ``CHUNK_ELEMENTS``) logits, in
-    the autocast dtype where autocast is on (as ``F.linear`` would), summed in float32. Differentiable; the backward
+    without storing the (N, S) logits: blocks of at most ``chunk_elements`` logits (default ``CHUNK_ELEMENTS``, or
+    ``NARROW_CHUNK_ELEMENTS`` for a hidden size up to ``NARROW_DIM``), in the autocast dtype where autocast is on (as ``F.linear`` would), summed in float32. Differentiable; the backward
     pass recomputes each block."""
     dtype = _compute_dtype(hidden)
     weight_c = weight.to(dtype)
     bias_c = None if bias is None else bias.to(dtype)
-    return _ChunkedLogSumExp.apply(hidden.to(dtype), weight_c, bias_c, chunk_elements or CHUNK_ELEMENTS)
+    if chunk_elements is None:
+        narrow = hidden.shape[-1] <= NARROW_DIM
+        chunk_elements = min(CHUNK_ELEMENTS, NARROW_CHUNK_ELEMENTS) if narrow else CHUNK_ELEMENTS
+    return _ChunkedLogSumExp.apply(hidden.to(dtype), weight_c, bias_c, chunk_elements)
 
 
 def cluster_log_probs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -381,14 +381,32 @@ def test_table4_and_memory_benchmarks(smoke_reports):
             assert m["throughput_tokens_per_s"] > 0 and m["responsiveness_tokens_per_s"] > 0
             share = m.get("fraction_of_read_bandwidth" if name == "lstm-2048" else "fraction_of_matmul_peak")
             assert share is not None and share > 0
+            for protocol in ("throughput", "responsiveness"):  # the rate over the two-term floor
+                bound = m[f"{protocol}_bound_tokens_per_s"]
+                assert bound > 0
+                assert m[f"{protocol}_share_of_bound"] == pytest.approx(m[f"{protocol}_tokens_per_s"] / bound, rel=1e-2)
             if name != "lstm-2048":
                 assert m["throughput_vs_lstm"] == pytest.approx(
                     m["throughput_tokens_per_s"] / run["models"]["lstm-2048"]["throughput_tokens_per_s"], rel=1e-2, abs=1e-3)
+                assert m["throughput_parity_needs_bound_share"] == pytest.approx(
+                    run["models"]["lstm-2048"]["throughput_tokens_per_s"] / m["throughput_bound_tokens_per_s"], rel=1e-2)
+        assert run["exp_elements_per_s"] > 0
     assert all(m["flops_per_token"] > 0 for m in table4["models"].values())
     assert table4["models"]["lstm-2048"]["recurrent_bytes_per_step_fp32"] > 0
     assert sum(table4["settings"]["target_share_per_cluster"]) == pytest.approx(1.0)
+    assert table4["settings"]["softmax_logits_per_token"] == {"throughput": 200.0, "responsiveness": 200.0}
     memory = results["memory"]["models"]["lstm"]["fp32"]
     assert memory["peak_rss_mb"] >= memory["rss_after_build_mb"] >= memory["rss_after_import_mb"] > 0
+
+
+def test_table4_counts_the_logits_each_target_normalizes():
+    """The head (shortlist plus one entry per tail cluster) for every target, plus the whole cluster of a tail target."""
+    import bench_table4
+
+    ids = torch.tensor([0, 3, 10, 12, 29])  # head, head, cluster [10, 12), cluster [12, 30), cluster [12, 30)
+    head = 10 + 2
+    assert bench_table4.logits_per_token(ids, (10, 12), 30) == pytest.approx(head + (2 + 18 + 18) / 5)
+    assert bench_table4.logits_per_token(ids, (), 30) == 30
 
 
 def test_docs_are_generated_from_the_reports(smoke_reports):

@@ -15,7 +15,7 @@ vocabulary; this puts more targets in the tail clusters than real text does, ali
 This machine's bound, per model and protocol: a floor under the seconds per token made of two measured terms, run
 in the same rounds as the models. The work of the matrix products (FlopCounterMode's FLOPs per token at the matmul
 peak; for the LSTM's responsiveness, whose steps are matrix-vector products, the recurrent weights' bytes per step at
-the read bandwidth), plus the softmax's normalization: one exp per logit of every cluster a target's log-sum-exp
+the speed of reading a buffer of their size), plus the softmax's normalization: one exp per logit of every cluster a target's log-sum-exp
 covers (about 86,000 per token here, the same for every model), at the rate of torch's exp on a block in L2 cache.
 A target that needs more than 100% of the GCNN's bound is ruled out on this machine; one below it is a matter of
 how close each model runs to its own bound.
@@ -119,15 +119,21 @@ class ExpRate:
 
 
 class ReadBandwidth:
-    """Bytes/s of summing a 256 MB buffer: the memory-read speed a matrix-vector step is bound by; timed as one more
-    contender in the round-robin."""
+    """Bytes/s of summing a float32 buffer of ``nbytes`` (``times`` sums per sample), timed as one more contender in
+    the round-robin: 256 MB for the DRAM read speed; the size of the LSTM's per-step weights for the speed its
+    matrix-vector steps can read them at, from whichever cache level holds them (a large L3 holds them whole)."""
 
-    def __init__(self, megabytes: int = 256) -> None:
-        self.buffer = torch.ones(megabytes * 2**20 // 4)
+    def __init__(self, nbytes: int = 256 * 2**20, times: int = 1) -> None:
+        self.buffer = torch.ones(max(1, nbytes // 4))
+        self.times = times
         self.samples: list[float] = []
 
     def run_once(self) -> None:
-        self.samples.append(self.buffer.numel() * 4 / common.timed(lambda: self.buffer.sum()))
+        def read() -> None:
+            for _ in range(self.times):
+                self.buffer.sum()
+
+        self.samples.append(self.times * self.buffer.numel() * 4 / common.timed(read))
 
 
 def table(result: dict[str, Any]) -> str:
@@ -213,12 +219,15 @@ def plot(result: dict[str, Any]):
     )
 
 
-def measure(built: dict[str, nn.Module], batch_ids: Tensor, stream_ids: Tensor, precision: str, repeats: int) -> dict:
-    """One round-robin of every model's throughput and responsiveness, the matmul peak and the read bandwidth."""
+def measure(built: dict[str, nn.Module], batch_ids: Tensor, stream_ids: Tensor, precision: str, repeats: int,
+            step_bytes: int | None = None) -> dict:
+    """One round-robin of every model's throughput and responsiveness, the matmul peak, the exp rate and the read
+    bandwidth (also over a buffer of ``step_bytes``, the LSTM's weights per step, where given)."""
     runs = [(m, protocol) for m in built for protocol in ("throughput", "responsiveness")]
     seconds: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     peak = common.MatmulPeak(2048, 2048, 4096, common.dtype_of(precision))
     bandwidth = ReadBandwidth()
+    step_read = ReadBandwidth(step_bytes, times=8) if step_bytes else None
     exp_rate = ExpRate()
     with torch.inference_mode():
         for model in built.values():  # untimed: first calls set up kernels and caches
@@ -230,8 +239,12 @@ def measure(built: dict[str, nn.Module], batch_ids: Tensor, stream_ids: Tensor, 
                 seconds[(name, protocol)].append(common.timed(lambda: score(built[name], ids)))
             peak.run_once()
             bandwidth.run_once()
+            if step_read is not None:
+                step_read.run_once()
             exp_rate.run_once()
-    return {"seconds": seconds, "peak": peak.result()["flops_per_s"], "bandwidth": common.median(bandwidth.samples),
+    bandwidth_dram = common.median(bandwidth.samples)
+    return {"seconds": seconds, "peak": peak.result()["flops_per_s"], "bandwidth": bandwidth_dram,
+            "step_bandwidth": common.median(step_read.samples) if step_read is not None else bandwidth_dram,
             "exp_rate": common.median(exp_rate.samples)}
 
 
@@ -292,10 +305,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             built[m] = runtime.optimize(model, precision)
         for threads in args.thread_counts:
             torch.set_num_threads(threads)
-            got = measure(built, batch_ids, stream_ids, precision, args.repeats)
+            lstm_step = next((result["models"][m]["recurrent_bytes_per_step_fp32"] for m in built
+                              if result["models"][m]["recurrent_bytes_per_step_fp32"]), None)
+            if lstm_step is not None and precision == "bf16":
+                lstm_step //= 2
+            got = measure(built, batch_ids, stream_ids, precision, args.repeats, lstm_step)
             run: dict[str, Any] = {"precision": precision, "threads": threads,
                                    "matmul_peak_flops_per_s": round(got["peak"]),
                                    "read_bandwidth_bytes_per_s": round(got["bandwidth"]),
+                                   "step_weights_read_bytes_per_s": round(got["step_bandwidth"]),
                                    "exp_elements_per_s": round(got["exp_rate"]), "models": {}}
             for name in built:
                 rates = {}
@@ -323,8 +341,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else:  # the sequential steps read the recurrent weights once per token
                     step_bytes = step_bytes // (2 if precision == "bf16" else 1)
                     share = step_bytes * rates["responsiveness"] / got["bandwidth"]
-                    entry["fraction_of_read_bandwidth"] = float(f"{share:.4g}")
-                    floor["responsiveness"] = step_bytes / got["bandwidth"] + normalize["responsiveness"]
+                    entry["fraction_of_read_bandwidth"] = float(f"{share:.4g}")  # of DRAM's
+                    floor["responsiveness"] = step_bytes / got["step_bandwidth"] + normalize["responsiveness"]
                 for protocol in ("throughput", "responsiveness"):
                     entry[f"{protocol}_bound_tokens_per_s"] = round(1 / floor[protocol], 1)
                     entry[f"{protocol}_share_of_bound"] = _sig(rates[protocol] * floor[protocol])
@@ -357,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "of scoring per token (torch's FlopCounterMode: "
         + ", ".join(f"{n} {f / 1e6:.1f} MFLOP" for n, f in flops.items())
         + ") at the matmul peak (for the LSTM's responsiveness instead: the bytes of recurrent and projection "
-        "weights read at each sequential step, at the read bandwidth), plus one exp for each logit the softmax "
+        "weights read at each sequential step, at the speed of reading a buffer of that size, which on a machine "
+        "whose L3 cache holds them is above the DRAM read bandwidth of a 256 MB buffer), plus one exp for each logit the softmax "
         f"normalizes ({logit_counts['throughput']:,.0f} per token on the throughput batch, "
         f"{logit_counts['responsiveness']:,.0f} on the responsiveness sequence, alike for every model) at the "
         "exp rate; all three rates measured in the same rounds. The share of the bound is the measured rate over "

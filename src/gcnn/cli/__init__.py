@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"gcnn {args._name}"
+    from gcnn.allocator import retain_freed_memory
+
+    retain_freed_memory()  # large tensors reuse mapped pages (GCNN_RETAIN_MEMORY=0 keeps the default allocator)
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, category, *rest: _warn(name, message, category, rest)
         try:

@@ -279,7 +279,8 @@ def test_both_int8_kernels_stay_within_their_rounding(dynamic, monkeypatch):
 def test_long_inputs_are_the_window_matrix_product_also_dilated_and_in_slices(k, dilation, monkeypatch):
     """Long inputs (more than WINDOW_STEPS positions) of an ungrouped convolution: one matrix product over the window
     rows, equal to the plain convolution in fp32 (1e-5), dilated or not, whole or in slices of positions (a tiny
-    IM2COL_ELEMENTS), after a prompt with the cache too; an empty batch gives an empty output of the right shape."""
+    IM2COL_ELEMENTS), after a prompt with the cache too; an empty batch gives an empty output of the right shape; a
+    single sequence takes the sum of per-tap products, equal too (and within bf16's rounding in bf16)."""
     torch.manual_seed(21)
     conv = CausalConv(6, 8, k, dilation=dilation)
     with torch.no_grad():
@@ -297,6 +298,17 @@ def test_long_inputs_are_the_window_matrix_product_also_dilated_and_in_slices(k,
         assert close(got, expected, "fp32")
         assert fast(torch.randn(0, 9, 6)).shape == (0, 9, 8)
         assert fast(torch.randn(0, 1, 6)).shape == (0, 1, 8)
+        # one sequence: a product per tap over shifted views (no window copy), also after a prompt with the cache
+        assert close(fast(x[:1]), expected[:1], "fp32")
+        cache = ConvCache(1)
+        cache.start(x[:1, :6, 0])
+        first = fast(x[:1, :6], cache)
+        cache.start(x[:1, 6:, 0])
+        got = torch.cat([first, fast(x[:1, 6:], cache)], 1)
+        assert close(got, expected[:1], "fp32")
+        bf16 = optimized_conv(conv, "bf16")
+        expected_bf16 = conv.bfloat16()(x[:1].bfloat16())
+        assert close(bf16(x[:1].bfloat16()), expected_bf16, "bf16", share=2e-2)
 
 
 def steps_with_cache_from(conv, x, cache):

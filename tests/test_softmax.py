@@ -146,6 +146,18 @@ def test_chunked_logsumexp_with_masked_entries_in_the_bias():
     assert torch.isfinite(got).all() and torch.allclose(got, expected, atol=1e-5)
     everywhere = torch.full((3000,), float("-inf"))
     assert torch.equal(chunked_logsumexp(hidden, weight, everywhere, chunk_elements=chunk), torch.full((5,), float("-inf")))
+    # a masked first block and every later logit near -100: exp of them is subnormal in float32 without the first
+    # block's anchor (the sum is no longer at least 1), so these rows take the exact path
+    deep = torch.full((3000,), -100.0)
+    deep[:columns] = float("-inf")
+    got = chunked_logsumexp(torch.zeros(5, 8), weight, deep, chunk_elements=chunk)
+    expected = torch.logsumexp(F.linear(torch.zeros(5, 8), weight, deep).double(), dim=-1).float()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_chunked_logsumexp_of_no_rows_or_an_empty_cluster():
+    assert chunked_logsumexp(torch.randn(0, 4), torch.randn(7, 4)).shape == (0,)
+    assert torch.equal(chunked_logsumexp(torch.randn(3, 4), torch.randn(0, 4)), torch.full((3,), float("-inf")))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

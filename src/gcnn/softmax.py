@@ -70,15 +70,17 @@ def _block_logits(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -
 def _logsumexp_one_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_elements: int) -> Tensor:
     """The forward log-sum-exp, one product per block. Each row's offset is the largest logit of its first block, so
     that every later block takes one subtract, exp and sum in place, in two preallocated buffers the size of a block
-    (no max pass, no log-softmax output): the sum is then at least 1 (the first block's largest term is exp(0)), so
-    terms lost to underflow are below float32's resolution of it. A row whose sum overflows (a later logit more
-    than ~88 above the offset) or is not finite (infinite or masked logits, NaN) is recomputed by
+    (no max pass after the first block, no log-softmax output): the sum is then at least 1 (the first block's
+    largest term is exp(0)), so terms lost to underflow are below the accumulator's resolution of it. A row whose
+    first block has no finite maximum (masked or infinite logits, NaN: no such guarantee), whose sum overflows (a
+    later logit more than ~88 above the offset in float32) or whose result is not finite is recomputed by
     :func:`_logsumexp_two_pass`."""
     n, s = hidden.shape[0], weight.shape[0]
     acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
     out = torch.empty(n, dtype=acc, device=hidden.device)
-    if n == 0:
-        return out
+    if n == 0 or s == 0:  # no rows, or an empty cluster: the log of an empty sum
+        return out.fill_(float("-inf"))
+    unanchored = torch.zeros(n, dtype=torch.bool, device=hidden.device)
     row_block, column_block = _blocks(n, s, chunk_elements)
     size = row_block * min(column_block, s)
     logits_buffer = torch.empty(size, dtype=hidden.dtype, device=hidden.device)
@@ -96,12 +98,14 @@ def _logsumexp_one_pass(hidden: Tensor, weight: Tensor, bias: Tensor | None, chu
                 terms.copy_(logits)
             if offset is None:
                 offset = terms.amax(dim=-1, keepdim=True)
-                offset = torch.where(torch.isfinite(offset), offset, torch.zeros_like(offset))
+                finite = torch.isfinite(offset)
+                unanchored[r0 : r0 + r] = ~finite.squeeze(1)
+                offset = torch.where(finite, offset, torch.zeros_like(offset))
                 total = terms.sub_(offset).exp_().sum(dim=-1)
             else:
                 total += terms.sub_(offset).exp_().sum(dim=-1)
         out[r0 : r0 + r] = total.log_().add_(offset.squeeze(1))
-    bad = torch.nonzero(~torch.isfinite(out), as_tuple=True)[0]
+    bad = torch.nonzero(~torch.isfinite(out) | unanchored, as_tuple=True)[0]
     if bad.numel():
         out[bad] = _logsumexp_two_pass(hidden.index_select(0, bad), weight, bias, chunk_elements)
     return out

@@ -16,9 +16,11 @@ This machine's bound, per model and protocol: a floor under the seconds per toke
 in the same rounds as the models. The work of the matrix products (FlopCounterMode's FLOPs per token at the matmul
 peak; for the LSTM's responsiveness, whose steps are matrix-vector products, the recurrent weights' bytes per step at
 the speed of reading a buffer of their size), plus the softmax's normalization: one exp per logit of every cluster a target's log-sum-exp
-covers (about 86,000 per token here, the same for every model), at the rate of torch's exp on a block in L2 cache.
-A target that needs more than 100% of the GCNN's bound is ruled out on this machine; one below it is a matter of
-how close each model runs to its own bound.
+covers (about 86,000 per token here, the same for every model), at the rate of torch's float32 exp on blocks in L2
+cache (one per thread). It is the floor of this way of computing: the products at the measured peak, then one
+float32 exp per logit; a fused or lower-precision exp kernel could go below it, and the LSTM's responsiveness floor
+leaves out its non-recurrent FLOPs. A target that needs more than 100% of the GCNN's bound is out of reach of this
+computation on this machine; one below it is a matter of how close each model runs to its own bound.
 """
 
 from __future__ import annotations
@@ -101,13 +103,14 @@ def logits_per_token(ids: Tensor, cutoffs: tuple[int, ...], vocab_size: int) -> 
 
 
 class ExpRate:
-    """Elements/s of torch's exp over a 512 KB float32 block that stays in a core's L2 cache (values in [-20, 0],
-    as a log-sum-exp's shifted logits), 16 times per sample: every logit the softmax normalizes needs at least one
-    exp, so logits over this rate is a floor under the normalization's time that no blocking of it can beat."""
+    """Elements/s of torch's exp over a float32 block of 512 KB per thread, which stays in each core's L2 cache
+    (values in [-20, 0], as a log-sum-exp's shifted logits), 16 times per sample: every logit the softmax normalizes
+    needs at least one exp, so logits over this rate is a floor under the normalization's time that no blocking of
+    it can beat."""
 
     def __init__(self) -> None:
         generator = torch.Generator().manual_seed(0)
-        self.block = torch.rand(128, 1024, generator=generator) * -20
+        self.block = torch.rand(128 * torch.get_num_threads(), 1024, generator=generator) * -20
         self.out = torch.empty_like(self.block)
         self.samples: list[float] = []
 
@@ -189,7 +192,7 @@ def targets_note(result: dict[str, Any]) -> str:
                 through = f"(parity needs {tp:.0%} of its bound: beyond it)"
             else:
                 through = (f"(parity needs {tp:.0%} of its bound, achieved {m['throughput_share_of_bound']:.0%}; "
-                           f"the LSTM runs at {lstm['throughput_share_of_bound']:.0%} of its own bound, "
+                           f"the LSTM runs at {lstm['throughput_share_of_bound']:.0%} of its own bound, which is "
                            f"{1 / m['throughput_bound_vs_lstm_bound']:.2f}x the GCNN's)")
             if met_rs:
                 respond = "(met)"

@@ -230,18 +230,20 @@ def _sum_of_taps(padded: Tensor, matrix: Tensor, bias: Tensor, k: int, dilation:
 
 
 def _windows_times_matrix(windows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
-    """windows (B, T, C, k) -> (B, T, C_out): every position's window of inputs times the (C_out, C * k) matrix, as
-    one matrix product (the (B * T, C * k) rows are a copy of the inputs for k > 1, a view for k = 1), over slices of
-    the positions that keep that copy within :data:`IM2COL_ELEMENTS`."""
-    batch, time, channels, k = windows.shape
-    if k == 1 or batch * time * channels * k <= IM2COL_ELEMENTS:
-        return F.linear(windows.reshape(batch * time, channels * k), matrix, bias).view(batch, time, matrix.shape[0])
+    """windows (B, T, C, k), or tap-major (B, T, k, C) -> (B, T, C_out): every position's window of inputs times the
+    (C_out, C * k) matrix (its columns in the same order), as one matrix product (the (B * T, C * k) rows are a copy
+    of the inputs for k > 1, a view for k = 1), over slices of the positions that keep that copy within
+    :data:`IM2COL_ELEMENTS`."""
+    batch, time, outer, inner = windows.shape
+    width = outer * inner
+    if inner == 1 or batch * time * width <= IM2COL_ELEMENTS:
+        return F.linear(windows.reshape(batch * time, width), matrix, bias).view(batch, time, matrix.shape[0])
     out = windows.new_empty(batch, time, matrix.shape[0])
-    step = max(1, IM2COL_ELEMENTS // (batch * channels * k))
+    step = max(1, IM2COL_ELEMENTS // (batch * width))
     for t0 in range(0, time, step):
         part = windows[:, t0 : t0 + step]
-        out[:, t0 : t0 + step] = F.linear(part.reshape(-1, channels * k), matrix, bias).view(batch, part.shape[1],
-                                                                                             matrix.shape[0])
+        out[:, t0 : t0 + step] = F.linear(part.reshape(-1, width), matrix, bias).view(batch, part.shape[1],
+                                                                                      matrix.shape[0])
     return out
 
 

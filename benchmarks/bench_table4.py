@@ -12,15 +12,16 @@ all with Google Billion Word's vocabulary of 793,471 words and the cutoffs 4000,
 is not among the project's corpora, so token ids are drawn from a Zipf distribution (p(rank r) ~ 1/r) over that
 vocabulary; this puts more targets in the tail clusters than real text does, alike for every model.
 
-This machine's bound, per model and protocol: a floor under the seconds per token made of two measured terms, run
-in the same rounds as the models. The work of the matrix products (FlopCounterMode's FLOPs per token at the matmul
-peak; for the LSTM's responsiveness, whose steps are matrix-vector products, the recurrent weights' bytes per step at
-the speed of reading a buffer of their size), plus the softmax's normalization: one exp per logit of every cluster a target's log-sum-exp
-covers (about 86,000 per token here, the same for every model), at the rate of torch's float32 exp on blocks in L2
-cache (one per thread). It is the floor of this way of computing: the products at the measured peak, then one
-float32 exp per logit; a fused or lower-precision exp kernel could go below it, and the LSTM's responsiveness floor
-leaves out its non-recurrent FLOPs. A target that needs more than 100% of the GCNN's bound is out of reach of this
-computation on this machine; one below it is a matter of how close each model runs to its own bound.
+This machine's bound, per model and protocol: a floor under the seconds per token made of two measured terms, run in
+the same rounds as the models. The work of the matrix products (FlopCounterMode's FLOPs per token at the matmul
+peak; for the LSTM's responsiveness, whose steps are matrix-vector products, the recurrent weights' bytes per step
+at the speed of reading a buffer of their size), plus the softmax's normalization: one exp per logit of every
+cluster a target's log-sum-exp covers (about 86,000 per token here, the same for every model), at the rate of
+torch's float32 exp on blocks in L2 cache (one per thread). It is the floor of this way of computing: the products
+at the measured peak, then one float32 exp per logit; a fused or lower-precision exp kernel could go below it, and
+the LSTM's responsiveness floor leaves out its non-recurrent FLOPs. A target that needs more than 100% of the GCNN's
+bound is out of reach of this computation on this machine; one below it is a matter of how close each model runs to
+its own bound.
 """
 
 from __future__ import annotations
@@ -374,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for protocol in ("throughput", "responsiveness"):
                     entry[f"{protocol}_bound_tokens_per_s"] = round(1 / floor[protocol], 1)
                     entry[f"{protocol}_share_of_bound"] = _sig(rates[protocol] * floor[protocol])
-                entry["bound"] = f"{entry['throughput_share_of_bound']:.0%} / {entry['responsiveness_share_of_bound']:.0%}"
+                shares = (entry["throughput_share_of_bound"], entry["responsiveness_share_of_bound"])
+                entry["bound"] = f"{shares[0]:.0%} / {shares[1]:.0%}"
                 run["models"][name] = entry
             lstm = run["models"].get("lstm-2048")
             for name, entry in run["models"].items():
@@ -404,7 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + ", ".join(f"{n} {f / 1e6:.1f} MFLOP" for n, f in flops.items())
         + ") at the matmul peak (for the LSTM's responsiveness instead: the bytes of recurrent and projection "
         "weights read at each sequential step, at the speed of reading a buffer of that size, which on a machine "
-        "whose L3 cache holds them is above the DRAM read bandwidth of a 256 MB buffer), plus one exp for each logit the softmax "
+        "whose L3 cache holds them is above the DRAM read bandwidth of a 256 MB buffer), plus one exp for each "
+        "logit the softmax "
         f"normalizes ({logit_counts['throughput']:,.0f} per token on the throughput batch, "
         f"{logit_counts['responsiveness']:,.0f} on the responsiveness sequence, alike for every model) at the "
         "exp rate; all three rates measured in the same rounds. The share of the bound is the measured rate over "

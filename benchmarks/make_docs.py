@@ -46,9 +46,9 @@ SECTIONS = [
         "the share of the GCNN's bound that meeting it would take. Run 2026-12-04 23:14 on a quiet 2-core Intel Xeon "
         "with AMX at the paper's protocol: in bf16 every responsiveness target is met (GCNN-9 5.73x / 6.30x, GCNN-8B "
         "6.95x / 7.21x at 1 / 2 threads); bf16 throughput is 0.90x / 0.90x for GCNN-8B (parity needs 59-62% of its "
-        "bound, it reaches 53-56%, while the LSTM reaches 35-36% of its own, whose bound is 1.7x the GCNN's: the "
-        "GCNN does 2.2x the LSTM's FLOPs per token) and 0.66x / 0.67x for GCNN-9 (needs 94-100% of its bound); in fp32"
-        " every target is beyond the bound (142-301%). What changed since the 2026-12-03 17:34 run (same machine, "
+        "bound, it reaches 53-56%, while the LSTM reaches 35-36% of its own, whose bound is 1.7x the GCNN's: the GCNN"
+        " does 2.2x the LSTM's FLOPs per token) and 0.66x / 0.67x for GCNN-9 (needs 94-100% of its bound); in fp32 "
+        "every target is beyond the bound (142-301%). What changed since the 2026-12-03 17:34 run (same machine, "
         "5,000-token responsiveness), each measured side by side in bf16 at 1 thread: (1) the chunked log-sum-exp "
         "takes one pass per block with each row's offset from its first block (no log-softmax output, no max pass, "
         "products into preallocated block buffers, L2-sized blocks for narrow clusters): GCNN-8B's softmax 113 -> 82 "
@@ -56,7 +56,9 @@ SECTIONS = [
         "(3) a single long sequence is convolved as one product per tap over shifted views instead of a copy of the "
         "window rows: GCNN-9 responsiveness 4.80x -> 5.78x. The first two cut time that both models spend, so they "
         "raised the GCNNs' responsiveness ratios and lowered their throughput ratios (GCNN-8B bf16 1 thread 0.94x on "
-        "2026-12-03, the LSTM's throughput 4,738 -> 9,253 tokens/s since, most of it because this Xeon measures faster than on 2026-12-03: bf16 matmul peak 874 -> 1,223 GFLOP/s, DRAM read 9.6 -> 15.3 GB/s at 1 thread; GCNN-8B bf16 throughput at 2 threads, 1.06x then, is 0.90x now). Earlier runs on the project's AMD EPYC "
+        "2026-12-03, the LSTM's throughput 4,738 -> 9,253 tokens/s since, most of it because this Xeon measures "
+        "faster than on 2026-12-03: bf16 matmul peak 874 -> 1,223 GFLOP/s, DRAM read 9.6 -> 15.3 GB/s at 1 thread; "
+        "GCNN-8B bf16 throughput at 2 threads, 1.06x then, is 0.90x now). Earlier runs on the project's AMD EPYC "
         "machine (no AMX, 2026-12-03 15:32): GCNN-8B 0.49 / 0.56 / 0.71 / 0.64x throughput and 2.50 / 4.06 / 2.02 / "
         "2.23x responsiveness (fp32 1 and 2 threads, bf16 1 and 2 threads).",
     ),
@@ -65,7 +67,9 @@ SECTIONS = [
         "2b. Memory at Google Billion Word's vocabulary",
         "Peak resident memory of a bf16 GCNN-14B training step and of scoring a short and a very long input with "
         "GCNN-8B, at 793,471 words: the target log-probabilities never store a tokens x cluster matrix "
-        "(`gcnn.softmax.chunked_logsumexp`), and long inputs go through the model in pieces.",
+        "(`gcnn.softmax.chunked_logsumexp`), and long inputs go through the model in pieces. Run before the commands "
+        "kept freed memory mapped (`gcnn.allocator.retain_freed_memory`) and before the per-tap convolution of single"
+        " sequences; the benchmark itself does not call the allocator function.",
     ),
     (
         "generate-compare",

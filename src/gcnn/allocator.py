@@ -13,12 +13,12 @@ _RETAINED: list[bool] = []
 
 def retain_freed_memory() -> bool:
     """Keep freed memory in this process (glibc's allocator: no mmap for large blocks, and no trimming of the heap
-    below a 2 GiB free top; threads' own arenas still map blocks beyond their 64 MB heaps), so
-    that the large tensors of every forward pass reuse pages that are already mapped instead of page-faulting new
-    ones (a 15,000 x 4,096 bf16 activation is 123 MB: above the 32 MB ceiling of glibc's mmap threshold, so otherwise mapped
-    and unmapped at every call). Process-wide and idempotent; True where it applied, False elsewhere (another C
-    library, another OS) or when the environment sets ``GCNN_RETAIN_MEMORY=0``. The process's resident size then
-    stays at its peak rather than shrinking after it."""
+    below a 2 GiB free top; threads' own arenas still map blocks beyond their 64 MB heaps), so that the large
+    tensors of every forward pass reuse pages that are already mapped instead of page-faulting new ones (a 15,000 x
+    4,096 bf16 activation is 123 MB: above the 32 MB ceiling of glibc's mmap threshold, so otherwise mapped and
+    unmapped at every call). Process-wide and idempotent; True where it applied, False elsewhere (another C library,
+    another OS) or when the environment sets ``GCNN_RETAIN_MEMORY=0``. The process's resident size then stays at its
+    peak rather than shrinking after it."""
     if _RETAINED:
         return _RETAINED[0]
     applied = False

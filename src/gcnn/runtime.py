@@ -16,11 +16,11 @@ token): a decoding step multiplies them by PyTorch's dynamically quantized linea
 to 7 bits as well, fbgemm's reduced range that no CPU's int16 sums saturate; outputs within about 1% of the product
 with the rounded weights; 1.5x the int8-weight kernel's
 speed at batch 1 on a 2-core Xeon), or, where this PyTorch lacks it, by its int8-weight kernel for bf16 inputs.
-Longer inputs (a prompt, evaluation) are one matrix product over the window rows of k inputs (a grouped
-convolution: conv1d) with the folded (int8: rounded) weight; a single long sequence instead takes one product per
-tap over shifted views of its inputs, summed in place (no copy of the window rows). In bf16 and int8 every ``nn.Linear`` (the softmax's
-head and cluster matrices above all) becomes an :class:`InferenceLinear` with its weight prepacked for oneDNN the
-same way, and under int8 rounded to int8 for decoding steps (only: other inputs use its bf16 weight).
+Longer inputs (a prompt, evaluation) are one matrix product over the window rows of k inputs (a grouped convolution:
+conv1d) with the folded (int8: rounded) weight; a single long sequence instead takes one product per tap over
+shifted views of its inputs, summed in place (no copy of the window rows). In bf16 and int8 every ``nn.Linear`` (the
+softmax's head and cluster matrices above all) becomes an :class:`InferenceLinear` with its weight prepacked for
+oneDNN the same way, and under int8 rounded to int8 for decoding steps (only: other inputs use its bf16 weight).
 
 The folded weights are a snapshot: :func:`optimize` again after changing the parameters, :func:`restore` to undo.
 Anything that needs gradients runs the model's own path, so training is unaffected. Copies and pickles of an
@@ -164,7 +164,8 @@ class InferenceConv(CausalConv):
                 packed = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1) for w in matrix.chunk(self.groups, 0)]
             as_weight = (matrix.view(self.out_channels, self.kernel, -1).permute(0, 2, 1) if tap_major
                          else matrix.view_as(weight))
-            self._folded = _Folded(compute, as_weight, matrix, self.bias.detach().to(compute).clone(), packed, quantized)
+            bias = self.bias.detach().to(compute).clone()
+            self._folded = _Folded(compute, as_weight, matrix, bias, packed, quantized)
 
     @property
     def tap_major(self) -> bool:

@@ -177,8 +177,8 @@ class _ChunkedLogSumExp(torch.autograd.Function):
 def chunked_logsumexp(hidden: Tensor, weight: Tensor, bias: Tensor | None = None, *, chunk_elements: int | None = None) -> Tensor:
     """hidden (N, d), weight (S, d), bias (S,) -> (N,) float32 log-sum-exp of each row of ``hidden @ weight.T + bias``
     without storing the (N, S) logits: blocks of at most ``chunk_elements`` logits (default ``CHUNK_ELEMENTS``, or
-    ``NARROW_CHUNK_ELEMENTS`` for a hidden size up to ``NARROW_DIM``), in the autocast dtype where autocast is on (as ``F.linear`` would), summed in float32. Differentiable; the backward
-    pass recomputes each block."""
+    ``NARROW_CHUNK_ELEMENTS`` for a hidden size up to ``NARROW_DIM``), in the autocast dtype where autocast is on
+    (as ``F.linear`` would), summed in float32. Differentiable; the backward pass recomputes each block."""
     dtype = _compute_dtype(hidden)
     weight_c = weight.to(dtype)
     bias_c = None if bias is None else bias.to(dtype)
